@@ -1,0 +1,187 @@
+"""Builds ``Settings`` from flags, environment, the YAML file and defaults.
+
+Precedence is flag > environment > config file > default. The YAML file may say
+``${NAME}`` or ``${NAME, default}`` anywhere in a string value. Every failure becomes a
+``ConfigError`` whose text is one line a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from acp_server.config.settings import Settings
+
+APP_NAME = "acp-server"
+_VAR = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:,\s*([^}]*?))?\s*\}")
+
+# environment variable -> dotted settings path
+ENVIRONMENT: dict[str, str] = {
+    "ACP_SERVER_SESSION_STORE": "session_service.type",
+    "ACP_SERVER_DATABASE_URL": "session_service.database_url",
+    "ACP_SERVER_PROVIDER": "provider.name",
+    "ACP_SERVER_MODEL": "provider.model",
+    "ACP_SERVER_LOG_LEVEL": "logging.level",
+    "ACP_SERVER_LOG_FORMAT": "logging.format",
+    "DATA_RETENTION_ENABLED": "data_retention.enabled",
+    "DATA_RETENTION_TASK_DAYS": "data_retention.task_retention_days",
+    "DATA_RETENTION_FEEDBACK_DAYS": "data_retention.feedback_retention_days",
+    "DATA_RETENTION_CLEANUP_HOURS": "data_retention.cleanup_interval_hours",
+}
+
+# Endpoint variables apply only to their own provider.
+PROVIDER_ENVIRONMENT: dict[str, dict[str, str]] = {
+    "openai": {"OPENAI_BASE_URL": "base_url", "OPENAI_API_KEY": "api_key"},
+    "anthropic": {"ANTHROPIC_BASE_URL": "base_url", "ANTHROPIC_API_KEY": "api_key"},
+}
+
+
+class ConfigError(Exception):
+    """A setting the server cannot use; its text is the one line shown on stderr."""
+
+
+def user_config_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "acp-server.yaml"
+
+
+def user_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return Path(xdg) / APP_NAME
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{user_data_dir() / 'sessions.db'}"
+
+
+def substitute(value: Any, env: Mapping[str, str]) -> Any:
+    """Replace ``${NAME}`` / ``${NAME, default}`` in every string of a YAML tree."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default.strip().strip("\"'")
+            raise ConfigError(
+                f"the config file uses ${{{name}}} but {name} is not set; "
+                f"set it or write ${{{name}, default}}"
+            )
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {key: substitute(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute(item, env) for item in value]
+    return value
+
+
+def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections, not {type(data).__name__}")
+    result = substitute(data, env)
+    assert isinstance(result, dict)
+    return result
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    node = tree.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"config section '{section}' must be a mapping")
+    node[key] = value
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    node = tree.get(section)
+    return node.get(key) if isinstance(node, dict) else None
+
+
+def _describe(error: ValidationError, origins: dict[str, str]) -> str:
+    first = error.errors()[0]
+    dotted = ".".join(str(part) for part in first["loc"])
+    origin = origins.get(dotted, "the config file")
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"unknown setting '{dotted}' in {origin}; check its spelling against the README"
+    value = first.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+    return f"setting '{dotted}' from {origin} is invalid{shown}: {message}"
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge every source into a validated ``Settings``.
+
+    ``flags`` maps dotted paths (``provider.model``) to values given on the command line;
+    ``None`` values mean the flag was not given.
+    """
+    env = os.environ if env is None else env
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    origins: dict[str, str] = {}
+
+    path_text = config_file or env.get("ACP_SERVER_CONFIG")
+    if path_text:
+        path = Path(path_text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; fix --config or ACP_SERVER_CONFIG")
+        tree = _read_file(path, env)
+    else:
+        path = user_config_file()
+        tree = _read_file(path, env) if path.is_file() else {}
+
+    for name, dotted in ENVIRONMENT.items():
+        if env.get(name, "") != "":
+            _set(tree, dotted, env[name])
+            origins[dotted] = f"environment variable {name}"
+    for dotted, value in flags.items():
+        _set(tree, dotted, value)
+        origins[dotted] = f"--{dotted.split('.')[-1].replace('_', '-')}"
+
+    provider = _get(tree, "provider.name")
+    if provider is None:
+        if env.get("OPENAI_API_KEY"):
+            provider = "openai"
+        elif env.get("ANTHROPIC_API_KEY"):
+            provider = "anthropic"
+        else:
+            provider = "echo"
+        _set(tree, "provider.name", provider)
+    for name, key in PROVIDER_ENVIRONMENT.get(str(provider), {}).items():
+        if env.get(name) and _get(tree, f"provider.{key}") is None:
+            _set(tree, f"provider.{key}", env[name])
+            origins[f"provider.{key}"] = f"environment variable {name}"
+
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins)) from None

@@ -1,0 +1,207 @@
+"""Sessions and their storage: create, find, list, fork, delete, record turns.
+
+The service validates what a session is made of (absolute, existing directories),
+keeps secrets out of the database (MCP env values and header values are never
+stored), repairs turns a crash interrupted, and hides the store's keys behind opaque
+list cursors. It knows nothing about ACP messages or models.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from acp_server.errors import InvalidParams, SessionNotFound
+from acp_server.sessions.model import (
+    LISTED_TYPES,
+    Item,
+    NewItem,
+    SessionRecord,
+    SessionType,
+    Turn,
+    Usage,
+    now_ms,
+)
+
+if TYPE_CHECKING:  # the store imports SQLAlchemy, which stays off the start-up path
+    from acp_server.storage.store import ListKey, SessionStore
+
+PAGE_SIZE = 50
+_REDACTED = "<redacted>"
+
+
+def new_session_id() -> str:
+    """122 random bits from the OS: unguessable and globally unique."""
+    return str(uuid.uuid4())
+
+
+def scrub_mcp_servers(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The MCP server list as stored: names kept, env and header values dropped (they
+    are where tokens live; the client resends them on load/resume)."""
+    scrubbed = []
+    for server in servers:
+        copy = dict(server)
+        for key in ("env", "headers"):
+            if isinstance(copy.get(key), list):
+                copy[key] = [{"name": entry.get("name"), "value": _REDACTED} for entry in copy[key]]
+        scrubbed.append(copy)
+    return scrubbed
+
+
+def check_directory(path: str, what: str) -> str:
+    if not os.path.isabs(path):
+        raise InvalidParams(f"{what} must be an absolute path, got {path!r}")
+    if not Path(path).is_dir():
+        raise InvalidParams(f"{what} {path!r} is not an existing directory")
+    return os.path.normpath(path)
+
+
+def encode_cursor(key: ListKey, cwd: str | None) -> str:
+    raw = orjson.dumps({"u": key.updated_at, "i": key.id, "c": cwd})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, cwd: str | None) -> ListKey:
+    from acp_server.storage.store import ListKey
+
+    problem = InvalidParams(
+        "invalid cursor: pass back the nextCursor of the previous session/list answer unchanged",
+        data={"field": "cursor"},
+    )
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        key = ListKey(updated_at=int(data["u"]), id=str(data["i"]))
+    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        raise problem from None
+    if data.get("c") != cwd:
+        raise InvalidParams(
+            "invalid cursor: it belongs to a listing with a different cwd filter",
+            data={"field": "cursor"},
+        )
+    return key
+
+
+class SessionService:
+    def __init__(self, store: SessionStore):
+        self.store = store
+
+    async def create(
+        self,
+        *,
+        cwd: str,
+        additional_directories: list[str],
+        mcp_servers: list[dict[str, Any]],
+        provider: str | None,
+        model: str | None,
+        mode: str | None,
+        session_type: SessionType = SessionType.USER,
+        parent_id: str | None = None,
+    ) -> SessionRecord:
+        record = SessionRecord(
+            id=new_session_id(),
+            type=session_type,
+            parent_id=parent_id,
+            cwd=check_directory(cwd, "cwd"),
+            additional_directories=[
+                check_directory(path, "additionalDirectories entry") for path in additional_directories
+            ],
+            mcp_servers=scrub_mcp_servers(mcp_servers),
+            provider=provider,
+            model=model,
+            mode=mode,
+        )
+        await self.store.create_session(record)
+        return record
+
+    async def get(self, session_id: str) -> SessionRecord:
+        record = await self.store.get_session(session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        return record
+
+    async def reopen(
+        self, session_id: str, *, cwd: str, additional_directories: list[str] | None
+    ) -> SessionRecord:
+        """Find a stored session for load/resume/fork: same cwd, crash damage repaired."""
+        record = await self.get(session_id)
+        if os.path.normpath(cwd) != record.cwd:
+            raise InvalidParams(
+                f"session {session_id!r} belongs to {record.cwd}, not {cwd}; "
+                "open it from its own folder, or fork it into this one",
+                data={"field": "cwd", "sessionCwd": record.cwd},
+            )
+        await self.store.repair_session(session_id)
+        if additional_directories is not None:
+            directories = [
+                check_directory(path, "additionalDirectories entry") for path in additional_directories
+            ]
+            if directories != record.additional_directories:
+                await self.store.update(session_id).additional_directories(directories).apply()
+                record.additional_directories = directories
+        return record
+
+    async def fork(self, source_id: str, *, cwd: str, additional_directories: list[str] | None) -> SessionRecord:
+        source = await self.get(source_id)
+        await self.store.repair_session(source_id)
+        record = source.model_copy(
+            update={
+                "id": new_session_id(),
+                "parent_id": source.id,
+                "type": SessionType.USER,
+                "cwd": check_directory(cwd, "cwd"),
+                "additional_directories": [
+                    check_directory(path, "additionalDirectories entry")
+                    for path in (additional_directories or [])
+                ],
+                "title": f"Fork of {source.title}" if source.title else None,
+                "title_set_by_user": False,
+                "created_at": now_ms(),
+                "updated_at": now_ms(),
+                "last_activity_at": now_ms(),
+            }
+        )
+        await self.store.fork_session(source_id, record)
+        return record
+
+    async def delete(self, session_id: str) -> None:
+        await self.store.delete_session(session_id)
+
+    async def list(
+        self, *, cwd: str | None, cursor: str | None, limit: int = PAGE_SIZE
+    ) -> tuple[list[SessionRecord], str | None]:
+        if cwd is not None and not os.path.isabs(cwd):
+            raise InvalidParams(f"cwd must be an absolute path, got {cwd!r}", data={"field": "cwd"})
+        wanted = os.path.normpath(cwd) if cwd is not None else None
+        after = decode_cursor(cursor, wanted) if cursor else None
+        records, next_key = await self.store.list_sessions(
+            cwd=wanted, types=LISTED_TYPES, after=after, limit=limit
+        )
+        return records, (encode_cursor(next_key, wanted) if next_key else None)
+
+    async def items(self, session_id: str, *, for_model: bool = False) -> list[Item]:
+        if for_model:
+            return await self.store.load_items(session_id, agent_visible=True)
+        return await self.store.load_items(session_id, user_visible=True)
+
+    async def append(self, session_id: str, item: NewItem) -> Item:
+        return await self.store.append_item(session_id, item)
+
+    async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None:
+        await self.store.update_item(session_id, seq, data)
+
+    async def start_turn(self, turn: Turn) -> None:
+        await self.store.start_turn(turn)
+
+    async def finish_turn(self, turn: Turn, context_tokens: int) -> None:
+        await self.store.finish_turn(turn)
+        await self.store.add_usage(turn.session_id, turn.usage, context_tokens)
+
+    async def record_usage(self, session_id: str, usage: Usage, context_tokens: int) -> None:
+        await self.store.add_usage(session_id, usage, context_tokens)
