@@ -1,0 +1,258 @@
+"""Running a shell command: in an editor terminal when offered, else as a local process.
+
+Either way the command gets a deadline, its output is bounded (the tail is kept, as
+that is where errors are), and nothing outlives the call: a timed-out or cancelled
+command is killed, and an editor terminal is always released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from pydantic import Field
+
+from acp_server.agent.tools.base import (
+    ClientBridge,
+    ExitStatus,
+    ToolContext,
+    ToolError,
+    ToolKind,
+    ToolOutcome,
+)
+from acp_server.agent.tools.registry import Arguments, BuiltinTool
+
+log = structlog.get_logger(__name__)
+
+SHELL = "/bin/sh"
+_EXIT_POLL = 0.02
+_DRAIN_GRACE = 0.5
+"""After the shell exits, how long a background child may keep the output pipe open."""
+_CLEANUP_TIMEOUT = 5.0
+
+
+class RunArgs(Arguments):
+    command: str = Field(
+        min_length=1,
+        description="Shell command line, run with /bin/sh -c in the working directory.",
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Stop the command after this many seconds (capped by the session)."
+    )
+
+
+class RunCommand(BuiltinTool[RunArgs]):
+    name = "run_command"
+    description = (
+        "Run a shell command in the working directory and return its exit code and "
+        "combined stdout/stderr (the tail, if long). stdin is closed; it cannot be interactive."
+    )
+    kind: ToolKind = "execute"
+    mutates = True
+    arguments = RunArgs
+
+    def title(self, arguments: dict[str, Any]) -> str:
+        args = self.try_parse(arguments)
+        if args is None:
+            return "Run command"
+        first = args.command.strip().splitlines()[0] if args.command.strip() else ""
+        return f"Run {first[:120]}"
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
+        args = self.parse(arguments)
+        timeout = min(args.timeout_seconds or ctx.command_timeout, ctx.command_timeout)
+        if ctx.client is not None and ctx.client.can_terminal:
+            return await _run_in_terminal(ctx.client, args.command, ctx, timeout)
+        return await _run_local(args.command, ctx, timeout)
+
+
+async def _run_in_terminal(
+    client: ClientBridge, command: str, ctx: ToolContext, seconds: float
+) -> ToolOutcome:
+    """ACP terminal flow: create, show it live, race exit against the deadline, release."""
+    try:
+        terminal_id = await client.create_terminal(
+            SHELL, ["-c", command], cwd=str(ctx.cwd), output_byte_limit=ctx.output_limit
+        )
+    except ToolError:
+        raise
+    except Exception as exc:
+        raise ToolError(f"The editor could not start a terminal for the command: {exc}") from None
+    shown = [{"type": "terminal", "terminalId": terminal_id}]
+    settled = False
+    try:
+        if ctx.report is not None:
+            await ctx.report(shown)
+        status: ExitStatus | None = None
+        with anyio.move_on_after(seconds):
+            status = await client.wait_for_terminal_exit(terminal_id)
+        timed_out = status is None
+        if timed_out:
+            await client.kill_terminal(terminal_id)
+        output, truncated, exited = await client.terminal_output(terminal_id)
+        settled = True
+    except ToolError:
+        raise
+    except Exception as exc:
+        raise ToolError(f"The editor's terminal failed while running the command: {exc}") from None
+    finally:
+        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            await _release(client, terminal_id, kill_first=not settled)
+    status = status or exited
+    return ToolOutcome(
+        _summary(output, truncated, status, seconds if timed_out else None),
+        content=shown,
+        raw_output=_raw(status, truncated, timed_out),
+    )
+
+
+async def _release(client: ClientBridge, terminal_id: str, *, kill_first: bool) -> None:
+    """Every terminal must be released; a failure here must not hide the real outcome."""
+    try:
+        if kill_first:
+            await client.kill_terminal(terminal_id)
+    except Exception:
+        log.warning("terminal_kill_failed", terminal_id=terminal_id, exc_info=True)
+    try:
+        await client.release_terminal(terminal_id)
+    except Exception:
+        log.warning("terminal_release_failed", terminal_id=terminal_id, exc_info=True)
+
+
+async def _run_local(command: str, ctx: ToolContext, seconds: float) -> ToolOutcome:
+    """A child process in its own session, so a timeout can kill everything it started."""
+    tail = _Tail(ctx.output_limit)
+    try:
+        process = await anyio.open_process(
+            [SHELL, "-c", command],
+            cwd=ctx.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ToolError(f"Could not start the command: {exc.strerror or exc}.") from None
+    exited = False
+    try:
+        with anyio.move_on_after(seconds) as deadline:
+            await _collect(process, tail)
+            exited = True
+    finally:
+        if not exited:
+            _kill_group(process.pid)
+        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            await process.aclose()
+    status = _exit_status(process.returncode)
+    output = tail.text()
+    timed_out = deadline.cancelled_caught
+    text = _summary(output, tail.dropped > 0, status, seconds if timed_out else None)
+    return ToolOutcome(
+        text,
+        content=[{"type": "content", "content": {"type": "text", "text": _fenced(output)}}],
+        raw_output=_raw(status, tail.dropped > 0, timed_out),
+    )
+
+
+async def _collect(process: anyio.abc.Process, tail: _Tail) -> None:
+    """Read output until the shell exits and its pipe drains (or a background child holds it).
+
+    The exit is polled, not awaited: asyncio's ``wait()`` also waits for the pipes,
+    which a backgrounded grandchild may keep open for as long as it likes.
+    """
+    assert process.stdout is not None
+    stdout = process.stdout
+    drained = anyio.Event()
+
+    async def read() -> None:
+        async for chunk in stdout:
+            tail.add(chunk)
+        drained.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        while process.returncode is None:  # noqa: ASYNC110 (see the docstring)
+            await anyio.sleep(_EXIT_POLL)
+        with anyio.move_on_after(_DRAIN_GRACE):
+            await drained.wait()
+        tg.cancel_scope.cancel()
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream, and how many bytes before them were dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        excess = len(self.data) - self.limit
+        if excess > 0:
+            del self.data[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        data = bytes(self.data)
+        if self.dropped:
+            # Cutting at a byte count may split a character; start at the next one.
+            skip = 0
+            while skip < min(len(data), 3) and data[skip] & 0xC0 == 0x80:
+                skip += 1
+            data = data[skip:]
+        return data.decode("utf-8", errors="replace")
+
+
+def _exit_status(returncode: int | None) -> ExitStatus:
+    if returncode is None or returncode >= 0:
+        return ExitStatus(exit_code=returncode)
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = str(-returncode)
+    return ExitStatus(signal=name)
+
+
+def _summary(
+    output: str, truncated: bool, status: ExitStatus | None, timed_out_after: float | None
+) -> str:
+    if timed_out_after is not None:
+        head = f"Timed out after {timed_out_after:g} s; the command was killed."
+    elif status is None:
+        head = "The command finished; its exit status is unknown."
+    elif status.signal is not None:
+        head = f"The command was killed by signal {status.signal}."
+    else:
+        head = f"Exit code: {status.exit_code}"
+    if not output:
+        return f"{head}\n(no output)"
+    note = "\n[output truncated: showing the end only]" if truncated else ""
+    return f"{head}{note}\nOutput:\n{output}"
+
+
+def _raw(status: ExitStatus | None, truncated: bool, timed_out: bool) -> dict[str, Any]:
+    return {
+        "exitCode": None if status is None else status.exit_code,
+        "signal": None if status is None else status.signal,
+        "timedOut": timed_out,
+        "truncated": truncated,
+    }
+
+
+def _fenced(output: str) -> str:
+    fence = "```"
+    while fence in output:
+        fence += "`"
+    return f"{fence}console\n{output.rstrip()}\n{fence}" if output else "(no output)"

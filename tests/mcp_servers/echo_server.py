@@ -1,0 +1,82 @@
+"""A real MCP stdio server for the extension tests, written with the official SDK
+(``MCPServer``, the 2.x name of FastMCP).
+
+Run as ``python echo_server.py [name]``; the optional name prefixes the ``echo``
+reply, so tests can tell two servers apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import (
+    ContentBlock,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+    ToolAnnotations,
+)
+
+LABEL = sys.argv[1] if len(sys.argv) > 1 else "echo"
+
+server = MCPServer(LABEL)
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return f"{LABEL}: {text}"
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def pid() -> int:
+    """This server's process id, so a test can check the process is gone."""
+    return os.getpid()
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def env(name: str) -> str:
+    """One environment variable, or an empty string."""
+    return os.environ.get(name, "")
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def cwd() -> str:
+    """The folder the server runs in."""
+    return os.getcwd()
+
+
+@server.tool()
+def fail(message: str) -> str:
+    """Always fails, to exercise tool errors."""
+    raise ToolError(message)
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def media() -> list[ContentBlock]:
+    """A text, an image and an embedded resource, to exercise content conversion."""
+    return [
+        TextContent(text="see attached"),
+        ImageContent(data="iVBORw0KGgo=", mime_type="image/png"),
+        EmbeddedResource(resource=TextResourceContents(uri="file:///notes.txt", text="hello")),
+    ]
+
+
+@server.tool()
+def crash() -> str:
+    """Exit at once without answering: a server that died mid-session."""
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    server.run("stdio")
