@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -108,7 +109,7 @@ async def _open_tools(live: LiveSession, servers: list[dict[str, Any]], tg: anyi
         return []
     from acp_server.agent.tools.mcp import SessionExtensions
 
-    extensions = await SessionExtensions.start(servers, tg)
+    extensions = await SessionExtensions.start(servers, tg, cwd=Path(live.record.cwd))
     live.extensions = extensions
     live.tools.update({tool.name: tool for tool in extensions.tools()})
     return list(extensions.problems)

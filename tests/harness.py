@@ -181,3 +181,79 @@ async def raw_server(
 
 
 INIT = {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}}
+
+
+class RecordingClient:
+    """An official-SDK ``Client`` that records updates and answers the agent's requests
+    like an editor would: permissions by a fixed choice, fs and terminals for real."""
+
+    def __init__(self, permission: str = "allow_once"):
+        self.updates: list[tuple[str, Any]] = []
+        self.permission = permission
+        self.permission_requests: list[Any] = []
+        self.fs_calls: list[tuple[str, str]] = []
+
+    def of(self, session_id: str) -> list[Any]:
+        return [update for sid, update in self.updates if sid == session_id]
+
+    async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        self.updates.append((session_id, update))
+
+    async def request_permission(self, session_id: str, tool_call: Any, options: list[Any], **kwargs: Any) -> Any:
+        from acp.schema import AllowedOutcome, DeniedOutcome, RequestPermissionResponse
+
+        self.permission_requests.append(tool_call)
+        if self.permission == "cancelled":
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=self.permission))
+
+    async def read_text_file(self, session_id: str, path: str, line: int | None = None, limit: int | None = None, **kwargs: Any) -> Any:
+        from acp.schema import ReadTextFileResponse
+
+        self.fs_calls.append(("read", path))
+        lines = Path(path).read_text().splitlines(keepends=True)
+        start = (line or 1) - 1
+        return ReadTextFileResponse(content="".join(lines[start : start + limit if limit else None]))
+
+    async def write_text_file(self, session_id: str, path: str, content: str, **kwargs: Any) -> Any:
+        from acp.schema import WriteTextFileResponse
+
+        self.fs_calls.append(("write", path))
+        Path(path).write_text(content)
+        return WriteTextFileResponse()
+
+
+@contextlib.asynccontextmanager
+async def acp_client(
+    args: list[str], env: Mapping[str, str], client: Any | None = None, *, unstable: bool = True
+) -> AsyncIterator[tuple[Any, Any, WireChecker]]:
+    """Spawn the server and connect the official ACP client; every message the server
+    writes is validated against the schema through the client's stream observer."""
+    from acp import spawn_agent_process
+    from acp.connection import StreamDirection
+
+    checker = WireChecker()
+    violations: list[str] = []
+
+    def observe(event: Any) -> None:
+        try:
+            if event.direction == StreamDirection.OUTGOING:
+                checker.sent(event.message)
+            else:
+                checker.received(event.message)
+        except AssertionError as exc:
+            violations.append(str(exc))
+
+    client = client or RecordingClient()
+    async with spawn_agent_process(
+        client,
+        *SERVER,
+        *args,
+        env=dict(env),
+        transport_kwargs={"limit": 64 * 1024 * 1024},
+        observers=[observe],
+        use_unstable_protocol=unstable,
+    ) as (connection, process):
+        yield connection, process, checker
+    if violations:
+        raise AssertionError("the server wrote invalid messages:\n" + "\n".join(violations[:5]))

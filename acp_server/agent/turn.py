@@ -1,0 +1,412 @@
+"""One prompt turn: model calls, tool calls, permissions, persistence, stop reason.
+
+Each completed message (a thought, a reply, a tool call) is stored as it completes, so
+a crash loses at most the message in flight. Cancellation (``session/cancel``,
+``session/close``, ``$/cancel_request``) arrives as anyio cancellation of the turn's
+scope; whatever was already said is then stored in a shielded finaliser and the turn
+answers ``cancelled``. The loop speaks to the editor only through ``TurnListener``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from acp_server.agent.history import prompt_parts
+from acp_server.agent.providers.base import (
+    AssistantMessage,
+    Finish,
+    FinishReason,
+    Message,
+    ModelRequest,
+    PlanUpdate,
+    Provider,
+    ProviderError,
+    TextDelta,
+    Thinking,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallReady,
+    ToolResult,
+    ToolSpec,
+    UsageReport,
+    UserMessage,
+)
+from acp_server.agent.tools.base import ClientBridge, Tool, ToolContext, ToolError, ToolOutcome
+from acp_server.logs import get_logger
+from acp_server.sessions.model import ItemKind, NewItem, SessionRecord, Turn, TurnStatus, Usage, now_ms
+
+if TYPE_CHECKING:
+    from acp_server.sessions.service import SessionService
+
+log = get_logger("acp_server.turn")
+
+Decision = Literal["allow_once", "allow_always", "reject_once", "reject_always", "cancelled"]
+StopReason = Literal["end_turn", "max_tokens", "max_turn_requests", "refusal", "cancelled"]
+
+_FINISH_TO_STOP: dict[FinishReason, StopReason] = {
+    FinishReason.END_TURN: "end_turn",
+    FinishReason.TOOL_USE: "end_turn",
+    FinishReason.MAX_TOKENS: "max_tokens",
+    FinishReason.REFUSAL: "refusal",
+}
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a coding agent working in the user's project through an editor. "
+    "Use the tools to read, search and change files and to run commands; paths are "
+    "relative to the working directory {cwd}. Be concise."
+)
+
+
+class TurnListener(Protocol):
+    async def message_chunk(self, message_id: str, text: str) -> None: ...
+    async def thought_chunk(self, message_id: str, text: str) -> None: ...
+    async def tool_call(self, data: dict[str, Any]) -> None: ...
+    async def tool_call_update(self, tool_call_id: str, fields: dict[str, Any]) -> None: ...
+    async def plan(self, entries: list[dict[str, Any]]) -> None: ...
+    async def request_permission(self, data: dict[str, Any]) -> Decision: ...
+
+
+@dataclass
+class LiveSession:
+    """A session open in this process: its record plus what only lives in memory."""
+
+    record: SessionRecord
+    tools: dict[str, Tool] = field(default_factory=dict)
+    client: ClientBridge | None = None
+    extensions: Any = None
+    """The session's MCP connections (``tools.mcp.SessionExtensions``), when it has any."""
+    history: list[Message] | None = None
+    turn_scope: anyio.CancelScope | None = None
+    busy: bool = False
+    closed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def roots(self) -> list[Path]:
+        return [Path(p).resolve() for p in (self.record.cwd, *self.record.additional_directories)]
+
+
+@dataclass
+class TurnConfig:
+    max_model_calls: int = 50
+    max_tokens: int = 8192
+    command_timeout: float = 120.0
+    system_prompt: str | None = None
+    input_price_per_mtok: float | None = None
+    output_price_per_mtok: float | None = None
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _estimate_tokens(messages: list[Message]) -> int:
+    chars = 0
+    for message in messages:
+        if isinstance(message, UserMessage):
+            chars += sum(len(getattr(part, "text", "")) for part in message.parts)
+        elif isinstance(message, AssistantMessage):
+            chars += len(message.text) + sum(len(t.text) for t in message.thinking)
+            chars += sum(len(str(call.arguments)) for call in message.tool_calls)
+        else:
+            chars += len(message.content)
+    return chars // 4
+
+
+class _Segment:
+    """The thought or reply being streamed now; stored when the stream moves on."""
+
+    def __init__(self, kind: ItemKind):
+        self.kind = kind
+        self.message_id = new_message_id()
+        self.parts: list[str] = []
+        self.signature: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        live: LiveSession,
+        *,
+        provider: Provider,
+        service: SessionService,
+        listener: TurnListener,
+        config: TurnConfig,
+    ):
+        self.live = live
+        self.provider = provider
+        self.service = service
+        self.listener = listener
+        self.config = config
+        record = live.record
+        self.turn = Turn(
+            id=str(uuid.uuid4()),
+            session_id=record.id,
+            provider=provider.name,
+            model=record.model or provider.default_model,
+        )
+        self.context_tokens = 0
+        self._segment: _Segment | None = None
+        self._assistant: AssistantMessage | None = None
+        self._messages: list[Message] = []
+        self._pending_results: list[ToolResult] = []
+
+    async def run(self, prompt: list[dict[str, Any]], history: list[Message]) -> StopReason:
+        live = self.live
+        await self.service.start_turn(self.turn)
+        await self._store(NewItem(kind=ItemKind.USER, message_id=new_message_id(), data={"content": prompt}))
+        self._messages = [*history, UserMessage(prompt_parts(prompt, images=self.provider.supports_images))]
+        stop: StopReason = "cancelled"
+        status = TurnStatus.CANCELLED
+        with anyio.CancelScope() as scope:
+            live.turn_scope = scope
+            try:
+                stop = await self._loop()
+                status = TurnStatus.COMPLETED
+            except ProviderError as exc:
+                await self._finish_segment()
+                await self._say_problem(exc.message)
+                self.turn.error = exc.message
+                stop, status = "end_turn", TurnStatus.FAILED
+        live.turn_scope = None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await self._finish_segment()
+            self._close_assistant()
+            self.turn.status = status
+            self.turn.stop_reason = stop
+            self.turn.finished_at = now_ms()
+            await self.service.finish_turn(self.turn, self.context_tokens)
+            live.record.input_tokens += self.turn.usage.input_tokens
+            live.record.output_tokens += self.turn.usage.output_tokens
+            live.record.cost += self.turn.usage.cost
+            live.record.context_tokens = self.context_tokens or live.record.context_tokens
+            live.history = self._messages
+        return stop
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    async def _loop(self) -> StopReason:
+        specs = [ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()]
+        system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(cwd=self.live.record.cwd)
+        while True:
+            if self.turn.model_calls >= self.config.max_model_calls:
+                return "max_turn_requests"
+            self.turn.model_calls += 1
+            request = ModelRequest(
+                model=self.turn.model or self.provider.default_model,
+                system=system,
+                messages=list(self._messages),
+                tools=specs,
+                max_tokens=self.config.max_tokens,
+            )
+            self._assistant = AssistantMessage()
+            calls: list[ToolCall] = []
+            finish = FinishReason.END_TURN
+            usage_seen = False
+            async for event in self.provider.stream(request):
+                if isinstance(event, TextDelta):
+                    await self._chunk(ItemKind.AGENT, event.text)
+                elif isinstance(event, ThinkingDelta):
+                    await self._chunk(ItemKind.THOUGHT, event.text, event.signature)
+                elif isinstance(event, ToolCallReady):
+                    calls.append(event.call)
+                elif isinstance(event, PlanUpdate):
+                    await self._finish_segment()
+                    await self._store(NewItem(kind=ItemKind.PLAN, message_id=new_message_id(), data={"entries": event.entries}))
+                    await self.listener.plan(event.entries)
+                elif isinstance(event, UsageReport):
+                    usage_seen = True
+                    self._add_usage(event.usage)
+                elif isinstance(event, Finish):
+                    finish = event.reason
+            await self._finish_segment()
+            if not usage_seen:
+                self._add_usage(Usage(input_tokens=_estimate_tokens(request.messages), estimated=True))
+            if finish == FinishReason.TOOL_USE and calls:
+                for call in calls:
+                    await self._tool(call)
+                self._close_assistant()
+                continue
+            self._close_assistant()
+            return _FINISH_TO_STOP[finish]
+
+    def _add_usage(self, usage: Usage) -> None:
+        if usage.cost == 0 and (self.config.input_price_per_mtok or self.config.output_price_per_mtok):
+            usage = usage.model_copy(
+                update={
+                    "cost": usage.input_tokens * (self.config.input_price_per_mtok or 0) / 1e6
+                    + usage.output_tokens * (self.config.output_price_per_mtok or 0) / 1e6
+                }
+            )
+        self.turn.usage = self.turn.usage + usage
+        self.context_tokens = usage.input_tokens + usage.output_tokens
+
+    async def _chunk(self, kind: ItemKind, text: str, signature: str | None = None) -> None:
+        if self._segment is None or self._segment.kind != kind:
+            await self._finish_segment()
+            self._segment = _Segment(kind)
+        segment = self._segment
+        if text:
+            segment.parts.append(text)
+        if signature:
+            segment.signature = signature
+        if not text:
+            return
+        if kind == ItemKind.AGENT:
+            await self.listener.message_chunk(segment.message_id, text)
+        else:
+            await self.listener.thought_chunk(segment.message_id, text)
+
+    async def _finish_segment(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is None or not segment.parts:
+            return
+        data: dict[str, Any] = {"text": segment.text}
+        assistant = self._assistant or AssistantMessage()
+        self._assistant = assistant
+        if segment.kind == ItemKind.THOUGHT:
+            if segment.signature:
+                data["signature"] = segment.signature
+            assistant.thinking.append(Thinking(segment.text, segment.signature))
+        else:
+            assistant.text += segment.text
+        await self._store(NewItem(kind=segment.kind, message_id=segment.message_id, data=data))
+
+    def _close_assistant(self) -> None:
+        assistant, self._assistant = self._assistant, None
+        if assistant is None or not (assistant.text or assistant.thinking or assistant.tool_calls):
+            return
+        self._messages.append(assistant)
+        self._messages.extend(self._pending_results)
+        self._pending_results.clear()
+
+    async def _store(self, item: NewItem) -> None:
+        item.turn_id = self.turn.id
+        await self.service.append(self.live.id, item)
+
+    async def _say_problem(self, message: str) -> None:
+        """Tell the person what went wrong, and keep it in the transcript, not in the
+        model's context."""
+        message_id = new_message_id()
+        await self.listener.message_chunk(message_id, f"⚠️ {message}")
+        await self._store(
+            NewItem(
+                kind=ItemKind.AGENT,
+                message_id=message_id,
+                data={"text": f"⚠️ {message}"},
+                agent_visible=False,
+            )
+        )
+
+    # ---- tools --------------------------------------------------------------------------
+
+    async def _tool(self, call: ToolCall) -> None:
+        assistant = self._assistant or AssistantMessage()
+        self._assistant = assistant
+        assistant.tool_calls.append(call)
+        tool = self.live.tools.get(call.name)
+        ctx = ToolContext(
+            session_id=self.live.id,
+            cwd=Path(self.live.record.cwd),
+            roots=self.live.roots(),
+            client=self.live.client,
+            command_timeout=self.config.command_timeout,
+        )
+        data: dict[str, Any] = {
+            "toolCallId": call.id,
+            "name": call.name,
+            "title": tool.title(call.arguments) if tool else call.name,
+            "kind": tool.kind if tool else "other",
+            "status": "pending",
+            "rawInput": call.arguments,
+        }
+        if tool is not None:
+            try:
+                data["locations"] = tool.locations(call.arguments, ctx)
+            except ToolError:
+                pass
+        item = await self.service.append(
+            self.live.id, NewItem(kind=ItemKind.TOOL_CALL, message_id=call.id, data=data, turn_id=self.turn.id)
+        )
+        await self.listener.tool_call(dict(data))
+        try:
+            outcome = await self._decide_and_run(call, tool, ctx, data)
+        except anyio.get_cancelled_exc_class():
+            data.update(status="failed", result="cancelled by the user before it finished", isError=True)
+            self._pending_results.append(ToolResult(call.id, data["result"], True))
+            with anyio.CancelScope(shield=True):
+                await self.service.update_item(self.live.id, item.seq, data)
+                await self.listener.tool_call_update(call.id, {"status": "failed"})
+            raise
+        data.update(
+            status="failed" if outcome.is_error else "completed",
+            result=outcome.model_text,
+            isError=outcome.is_error,
+        )
+        if outcome.content:
+            data["content"] = outcome.content
+        if outcome.raw_output is not None:
+            data["rawOutput"] = outcome.raw_output
+        with anyio.CancelScope(shield=True):
+            await self.service.update_item(self.live.id, item.seq, data)
+        fields = {k: data[k] for k in ("status", "content", "rawOutput") if k in data}
+        if "content" not in fields:
+            fields["content"] = [{"type": "content", "content": {"type": "text", "text": outcome.model_text}}]
+        await self.listener.tool_call_update(call.id, fields)
+        self._pending_results.append(ToolResult(call.id, outcome.model_text, outcome.is_error))
+
+    async def _decide_and_run(
+        self, call: ToolCall, tool: Tool | None, ctx: ToolContext, data: dict[str, Any]
+    ) -> ToolOutcome:
+        if tool is None:
+            return ToolOutcome(f"there is no tool named {call.name!r}", is_error=True)
+        mode = self.live.record.mode or "ask"
+        if tool.mutates:
+            if mode == "read-only":
+                return ToolOutcome(
+                    f"refused: the session is in read-only mode, so {call.name} may not run",
+                    is_error=True,
+                )
+            rule = self.live.record.permission_rules.get(call.name)
+            if mode == "ask" and rule is None:
+                decision = await self.listener.request_permission(dict(data))
+                if decision == "cancelled":
+                    assert self.live.turn_scope is not None
+                    self.live.turn_scope.cancel()
+                    await anyio.lowlevel.checkpoint()
+                if decision in ("allow_always", "reject_always"):
+                    rules = {**self.live.record.permission_rules, call.name: decision.split("_")[0]}
+                    self.live.record.permission_rules = rules
+                    await self.service.store.update(self.live.id).permission_rules(rules).apply()
+                    rule = rules[call.name]
+                elif decision == "reject_once":
+                    rule = "reject"
+                else:
+                    rule = "allow"
+            if rule == "reject":
+                return ToolOutcome(f"the user rejected this {call.name} call", is_error=True)
+        await self.listener.tool_call_update(call.id, {"status": "in_progress"})
+
+        async def report(content: list[dict[str, Any]]) -> None:
+            await self.listener.tool_call_update(call.id, {"content": content})
+
+        ctx.report = report
+        try:
+            return await tool.run(call.arguments, ctx)
+        except ToolError as exc:
+            return ToolOutcome(str(exc), is_error=True)
+        except Exception as exc:
+            log.exception("tool failed", tool=call.name)
+            return ToolOutcome(f"{call.name} failed unexpectedly: {type(exc).__name__}", is_error=True)
