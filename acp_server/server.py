@@ -55,13 +55,18 @@ class _Backend:
                 try:
                     with anyio.fail_after(OPEN_TIMEOUT):
                         store = await SessionStore.open(
-                            None if config.type == "memory" else (config.database_url or default_database_url()),
+                            None
+                            if config.type == "memory"
+                            else (config.database_url or default_database_url()),
                             memory=config.type == "memory",
                         )
                 except (DatabaseConfigError, MigrationError) as exc:
                     self.failure = str(exc)
                 except TimeoutError:
-                    self.failure = f"the session database did not answer within {OPEN_TIMEOUT:.0f} s; check that it is running"
+                    self.failure = (
+                        f"the session database did not answer within {OPEN_TIMEOUT:.0f} s; "
+                        "check that it is running"
+                    )
             if self.failure:
                 on_failure.cancel()
                 return
@@ -73,7 +78,9 @@ class _Backend:
     async def get(self) -> SessionService:
         await self.ready.wait()
         if self.service is None:
-            raise errors.InternalError(f"the session database is unavailable: {self.failure or 'closed'}")
+            raise errors.InternalError(
+                f"the session database is unavailable: {self.failure or 'closed'}"
+            )
         return self.service
 
     async def close(self) -> None:
@@ -100,7 +107,9 @@ class _Providers:
                 await self.provider.aclose()
 
 
-async def _open_tools(live: LiveSession, servers: list[dict[str, Any]], tg: anyio.abc.TaskGroup) -> list[str]:
+async def _open_tools(
+    live: LiveSession, servers: list[dict[str, Any]], tg: anyio.abc.TaskGroup
+) -> list[str]:
     """Give a live session its own tool set: the built-in tools and its MCP servers."""
     from acp_server.agent.tools.registry import builtin_tools
 

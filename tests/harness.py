@@ -71,7 +71,9 @@ class RawServer:
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         await self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
-    async def request(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30
+    ) -> dict[str, Any]:
         """Send a request; return the whole response message (result or error)."""
         self._next_id += 1
         request_id = self._next_id
@@ -86,7 +88,9 @@ class RawServer:
             lambda m: m.get("id") == request_id and ("result" in m or "error" in m), timeout=timeout
         )
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 30) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 30
+    ) -> dict[str, Any]:
         with anyio.fail_after(timeout):
             async with self._arrived:
                 while True:
@@ -131,12 +135,24 @@ class RawServer:
 
     async def _answer(self, message: dict[str, Any]) -> None:
         if self.responder is None:
-            reply = {"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32601, "message": "Method not found"}}
+            reply = {
+                "jsonrpc": "2.0",
+                "id": message["id"],
+                "error": {"code": -32601, "message": "Method not found"},
+            }
         else:
             try:
-                reply = {"jsonrpc": "2.0", "id": message["id"], "result": await self.responder(message)}
+                reply = {
+                    "jsonrpc": "2.0",
+                    "id": message["id"],
+                    "result": await self.responder(message),
+                }
             except LookupError as exc:
-                reply = {"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32002, "message": str(exc)}}
+                reply = {
+                    "jsonrpc": "2.0",
+                    "id": message["id"],
+                    "error": {"code": -32002, "message": str(exc)},
+                }
         await self.send_raw(json.dumps(reply).encode() + b"\n")
 
     async def _read_stderr(self) -> None:
@@ -156,7 +172,11 @@ class RawServer:
 
 @contextlib.asynccontextmanager
 async def raw_server(
-    args: list[str], env: Mapping[str, str], *, cwd: str | None = None, responder: Responder | None = None
+    args: list[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | None = None,
+    responder: Responder | None = None,
 ) -> AsyncIterator[RawServer]:
     process = await anyio.open_process([*SERVER, *args], env=dict(env), cwd=cwd)
     server = RawServer(process, WireChecker())
@@ -177,10 +197,18 @@ async def raw_server(
                 tg.cancel_scope.cancel()
     finally:
         if server.violations:
-            raise AssertionError("the server wrote invalid messages:\n" + "\n".join(server.violations[:5]))
+            raise AssertionError(
+                "the server wrote invalid messages:\n" + "\n".join(server.violations[:5])
+            )
 
 
-INIT = {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}}
+INIT = {
+    "protocolVersion": 1,
+    "clientCapabilities": {
+        "fs": {"readTextFile": False, "writeTextFile": False},
+        "terminal": False,
+    },
+}
 
 
 class RecordingClient:
@@ -199,21 +227,34 @@ class RecordingClient:
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
         self.updates.append((session_id, update))
 
-    async def request_permission(self, session_id: str, tool_call: Any, options: list[Any], **kwargs: Any) -> Any:
+    async def request_permission(
+        self, session_id: str, tool_call: Any, options: list[Any], **kwargs: Any
+    ) -> Any:
         from acp.schema import AllowedOutcome, DeniedOutcome, RequestPermissionResponse
 
         self.permission_requests.append(tool_call)
         if self.permission == "cancelled":
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
-        return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=self.permission))
+        return RequestPermissionResponse(
+            outcome=AllowedOutcome(outcome="selected", option_id=self.permission)
+        )
 
-    async def read_text_file(self, session_id: str, path: str, line: int | None = None, limit: int | None = None, **kwargs: Any) -> Any:
+    async def read_text_file(
+        self,
+        session_id: str,
+        path: str,
+        line: int | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
         from acp.schema import ReadTextFileResponse
 
         self.fs_calls.append(("read", path))
         lines = Path(path).read_text().splitlines(keepends=True)
         start = (line or 1) - 1
-        return ReadTextFileResponse(content="".join(lines[start : start + limit if limit else None]))
+        return ReadTextFileResponse(
+            content="".join(lines[start : start + limit if limit else None])
+        )
 
     async def write_text_file(self, session_id: str, path: str, content: str, **kwargs: Any) -> Any:
         from acp.schema import WriteTextFileResponse

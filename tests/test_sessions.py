@@ -30,10 +30,14 @@ def texts(updates: list[object], kind: type) -> list[str]:
 
 
 async def start(connection, **caps):
-    return await connection.initialize(protocol_version=1, client_capabilities=ClientCapabilities(**caps))
+    return await connection.initialize(
+        protocol_version=1, client_capabilities=ClientCapabilities(**caps)
+    )
 
 
-async def test_a_conversation_survives_sigkill_and_loads_exactly(persistent_db_url, home, workspace):
+async def test_a_conversation_survives_sigkill_and_loads_exactly(
+    persistent_db_url, home, workspace
+):
     env = server_env(home)
     client = RecordingClient()
     async with acp_client(db_args(persistent_db_url), env, client) as (conn, process, _):
@@ -74,13 +78,21 @@ async def test_every_session_method_on_every_backend(server_db_url, home, worksp
     other.mkdir()
     async with raw_server(db_args(server_db_url), server_env(home)) as server:
         await server.request("initialize", INIT)
-        created = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]
+        created = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]
         sid = created["sessionId"]
         assert {o["id"] for o in created["configOptions"]} == {"mode", "model"}
         assert created["modes"]["currentModeId"] == "ask"
-        await server.wait_for(lambda m: m.get("method") == "session/update"
-                              and m["params"]["update"]["sessionUpdate"] == "available_commands_update")
-        answer = await server.request("session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "hello"}]})
+        await server.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "available_commands_update"
+            )
+        )
+        answer = await server.request(
+            "session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "hello"}]}
+        )
         assert answer["result"]["stopReason"] == "end_turn"
 
         # resume: no replay at all
@@ -92,21 +104,38 @@ async def test_every_session_method_on_every_backend(server_db_url, home, worksp
         )
 
         # load under another cwd is refused clearly
-        wrong = await server.request("session/load", {"sessionId": sid, "cwd": str(other), "mcpServers": []})
+        wrong = await server.request(
+            "session/load", {"sessionId": sid, "cwd": str(other), "mcpServers": []}
+        )
         assert wrong["error"]["code"] == -32602 and str(workspace) in wrong["error"]["message"]
 
         # config options persist
-        changed = await server.request("session/set_config_option", {"sessionId": sid, "configId": "mode", "value": "auto"})
-        assert next(o for o in changed["result"]["configOptions"] if o["id"] == "mode")["currentValue"] == "auto"
-        bad = await server.request("session/set_config_option", {"sessionId": sid, "configId": "mode", "value": "yolo"})
+        changed = await server.request(
+            "session/set_config_option", {"sessionId": sid, "configId": "mode", "value": "auto"}
+        )
+        assert (
+            next(o for o in changed["result"]["configOptions"] if o["id"] == "mode")["currentValue"]
+            == "auto"
+        )
+        bad = await server.request(
+            "session/set_config_option", {"sessionId": sid, "configId": "mode", "value": "yolo"}
+        )
         assert bad["error"]["code"] == -32602
-        assert "result" in await server.request("session/set_mode", {"sessionId": sid, "modeId": "read-only"})
+        assert "result" in await server.request(
+            "session/set_mode", {"sessionId": sid, "modeId": "read-only"}
+        )
 
         # fork: a new, independent session carrying the history
-        forked = (await server.request("session/fork", {"sessionId": sid, "cwd": str(other), "mcpServers": []}))["result"]
+        forked = (
+            await server.request(
+                "session/fork", {"sessionId": sid, "cwd": str(other), "mcpServers": []}
+            )
+        )["result"]
         fid = forked["sessionId"]
         assert fid != sid
-        await server.request("session/load", {"sessionId": fid, "cwd": str(other), "mcpServers": []})
+        await server.request(
+            "session/load", {"sessionId": fid, "cwd": str(other), "mcpServers": []}
+        )
         replayed = [u for u in server.updates(fid) if u["sessionUpdate"] == "user_message_chunk"]
         assert [u["content"]["text"] for u in replayed] == ["hello"]
 
@@ -116,7 +145,9 @@ async def test_every_session_method_on_every_backend(server_db_url, home, worksp
         assert all(s["updatedAt"].endswith("Z") for s in listed)
         only = (await server.request("session/list", {"cwd": str(other)}))["result"]["sessions"]
         assert [s["sessionId"] for s in only] == [fid]
-        assert (await server.request("session/list", {"cursor": "garbage!"}))["error"]["code"] == -32602
+        assert (await server.request("session/list", {"cursor": "garbage!"}))["error"][
+            "code"
+        ] == -32602
 
         # close, then delete: gone from list and load; deleting again succeeds
         assert "result" in await server.request("session/close", {"sessionId": sid})
@@ -133,7 +164,9 @@ async def test_every_session_method_on_every_backend(server_db_url, home, worksp
         ]:
             reply = await server.request(method, params)
             assert reply["error"]["code"] == -32002, (method, reply)
-        assert [s["sessionId"] for s in (await server.request("session/list", {}))["result"]["sessions"]] == [fid]
+        assert [
+            s["sessionId"] for s in (await server.request("session/list", {}))["result"]["sessions"]
+        ] == [fid]
 
 
 async def test_new_session_validates_directories(home, workspace, tmp_path):
@@ -153,10 +186,26 @@ async def test_secrets_in_mcp_config_never_reach_the_database(home, workspace, t
     db = tmp_path / "s.db"
     async with raw_server(["--database-url", f"sqlite:///{db}"], server_env(home)) as server:
         await server.request("initialize", INIT)
-        await server.request("session/new", {"cwd": str(workspace), "mcpServers": [
-            {"name": "gh", "command": "/nonexistent/ghx", "args": [], "env": [{"name": "GITHUB_TOKEN", "value": "s3cr3t-token"}]},
-            {"type": "http", "name": "api", "url": "http://127.0.0.1:9/mcp", "headers": [{"name": "Authorization", "value": "Bearer s3cr3t-header"}]},
-        ]})
+        await server.request(
+            "session/new",
+            {
+                "cwd": str(workspace),
+                "mcpServers": [
+                    {
+                        "name": "gh",
+                        "command": "/nonexistent/ghx",
+                        "args": [],
+                        "env": [{"name": "GITHUB_TOKEN", "value": "s3cr3t-token"}],
+                    },
+                    {
+                        "type": "http",
+                        "name": "api",
+                        "url": "http://127.0.0.1:9/mcp",
+                        "headers": [{"name": "Authorization", "value": "Bearer s3cr3t-header"}],
+                    },
+                ],
+            },
+        )
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("s.db*"))
     assert b"s3cr3t" not in raw
     assert b"s3cr3t" not in server.stderr.encode()
@@ -166,7 +215,9 @@ async def test_session_ids_are_unguessable_and_unique(home, workspace):
     async with raw_server(["--memory"], server_env(home)) as server:
         await server.request("initialize", INIT)
         ids = [
-            (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
+            (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+                "result"
+            ]["sessionId"]
             for _ in range(20)
         ]
     assert len(set(ids)) == 20
@@ -175,14 +226,19 @@ async def test_session_ids_are_unguessable_and_unique(home, workspace):
 
 async def test_two_processes_on_one_database_lose_nothing(persistent_db_url, home, workspace):
     if persistent_db_url.startswith("sqlite"):
-        pytest.skip("concurrent writers are the PostgreSQL/MariaDB case; SQLite is covered by the store tests")
+        pytest.skip(
+            "concurrent writers are the PostgreSQL/MariaDB case; "
+            "SQLite is covered by the store tests"
+        )
     created: list[str] = []
 
     async def worker() -> None:
         async with raw_server(db_args(persistent_db_url), server_env(home)) as server:
             await server.request("initialize", INIT)
             for _ in range(15):
-                reply = await server.request("session/new", {"cwd": str(workspace), "mcpServers": []})
+                reply = await server.request(
+                    "session/new", {"cwd": str(workspace), "mcpServers": []}
+                )
                 created.append(reply["result"]["sessionId"])
                 await server.request("session/list", {})
 
@@ -218,7 +274,9 @@ async def test_tool_calls_are_replayed_in_their_final_state(home, workspace, tmp
     async with acp_client(args, server_env(home)) as (conn, _, _):
         await start(conn)
         sid = (await conn.new_session(cwd=str(workspace), mcp_servers=[])).session_id
-        assert (await conn.prompt(session_id=sid, prompt=[text_block("read it")])).stop_reason == "end_turn"
+        assert (
+            await conn.prompt(session_id=sid, prompt=[text_block("read it")])
+        ).stop_reason == "end_turn"
     loader = RecordingClient()
     async with acp_client(args, server_env(home), loader) as (conn, _, _):
         await start(conn)
@@ -227,4 +285,8 @@ async def test_tool_calls_are_replayed_in_their_final_state(home, workspace, tmp
         calls = [u for u in loader.of(sid) if isinstance(u, ToolCallStart)]
         assert len(calls) == 1 and calls[0].status == "completed" and calls[0].kind == "read"
         assert "demo project" in str(calls[0].content)
-        assert kinds.index("AgentThoughtChunk") < kinds.index("ToolCallStart") < kinds.index("AgentPlanUpdate")
+        assert (
+            kinds.index("AgentThoughtChunk")
+            < kinds.index("ToolCallStart")
+            < kinds.index("AgentPlanUpdate")
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,12 @@ class Editor:
         if method == "terminal/create":
             import subprocess
 
-            done = subprocess.run([params["command"], *params["args"]], cwd=params["cwd"], capture_output=True, text=True)
+            done = subprocess.run(
+                [params["command"], *params["args"]],
+                cwd=params["cwd"],
+                capture_output=True,
+                text=True,
+            )
             tid = f"t{len(self.terminals)}"
             self.terminals[tid] = done
             return {"terminalId": tid}
@@ -69,28 +73,48 @@ class Editor:
             return {"exitCode": self.terminals[params["terminalId"]].returncode}
         if method == "terminal/output":
             done = self.terminals[params["terminalId"]]
-            return {"output": done.stdout + done.stderr, "truncated": False, "exitStatus": {"exitCode": done.returncode}}
+            return {
+                "output": done.stdout + done.stderr,
+                "truncated": False,
+                "exitStatus": {"exitCode": done.returncode},
+            }
         if method in ("terminal/release", "terminal/kill"):
             return {}
         raise LookupError(method)
 
 
-EDITOR_INIT = {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": True, "writeTextFile": True}, "terminal": True}}
+EDITOR_INIT = {
+    "protocolVersion": 1,
+    "clientCapabilities": {"fs": {"readTextFile": True, "writeTextFile": True}, "terminal": True},
+}
 
 
-async def test_tools_go_through_the_editor_when_it_offers_fs_and_terminal(home, workspace, tmp_path):
-    provider = script(tmp_path, [[
-        "tool_call: {name: read_file, arguments: {path: README.md}}",
-        "tool_call: {name: write_file, arguments: {path: notes.txt, content: hello}}",
-        "tool_call: {name: run_command, arguments: {command: 'echo from-terminal'}}",
-        "message: done",
-    ]])
+async def test_tools_go_through_the_editor_when_it_offers_fs_and_terminal(
+    home, workspace, tmp_path
+):
+    provider = script(
+        tmp_path,
+        [
+            [
+                "tool_call: {name: read_file, arguments: {path: README.md}}",
+                "tool_call: {name: write_file, arguments: {path: notes.txt, content: hello}}",
+                "tool_call: {name: run_command, arguments: {command: 'echo from-terminal'}}",
+                "message: done",
+            ]
+        ],
+    )
     editor = Editor()
-    async with raw_server(["--memory", "--provider", provider], server_env(home), responder=editor) as server:
+    async with raw_server(
+        ["--memory", "--provider", provider], server_env(home), responder=editor
+    ) as server:
         await server.request("initialize", EDITOR_INIT)
-        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
+        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
         await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
-        assert (await server.request("session/prompt", prompt(sid)))["result"]["stopReason"] == "end_turn"
+        assert (await server.request("session/prompt", prompt(sid)))["result"][
+            "stopReason"
+        ] == "end_turn"
         calls = list(final_calls(server, sid).values())
     assert editor.calls.count("fs/read_text_file") >= 1 and "fs/write_text_file" in editor.calls
     assert ["terminal/create", "terminal/wait_for_exit", "terminal/output", "terminal/release"] == [
@@ -103,20 +127,31 @@ async def test_tools_go_through_the_editor_when_it_offers_fs_and_terminal(home, 
     assert all(c["status"] == "completed" for c in calls)
 
 
-async def test_tools_run_locally_without_editor_capabilities_and_stay_in_the_roots(home, workspace, tmp_path):
+async def test_tools_run_locally_without_editor_capabilities_and_stay_in_the_roots(
+    home, workspace, tmp_path
+):
     outside = tmp_path / "secret.txt"
     outside.write_text("top secret")
     (workspace / "link").symlink_to(outside)
-    provider = script(tmp_path, [[
-        "tool_call: {name: run_command, arguments: {command: pwd}}",
-        f"tool_call: {{name: read_file, arguments: {{path: {outside}}}}}",
-        "tool_call: {name: read_file, arguments: {path: ../secret.txt}}",
-        "tool_call: {name: read_file, arguments: {path: link}}",
-        "message: done",
-    ]])
-    async with raw_server(["--memory", "--provider", provider], server_env(home), cwd=str(tmp_path)) as server:
+    provider = script(
+        tmp_path,
+        [
+            [
+                "tool_call: {name: run_command, arguments: {command: pwd}}",
+                f"tool_call: {{name: read_file, arguments: {{path: {outside}}}}}",
+                "tool_call: {name: read_file, arguments: {path: ../secret.txt}}",
+                "tool_call: {name: read_file, arguments: {path: link}}",
+                "message: done",
+            ]
+        ],
+    )
+    async with raw_server(
+        ["--memory", "--provider", provider], server_env(home), cwd=str(tmp_path)
+    ) as server:
         await server.request("initialize", INIT)
-        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
+        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
         await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
         await server.request("session/prompt", prompt(sid))
         calls = list(final_calls(server, sid).values())
@@ -129,14 +164,24 @@ async def test_tools_run_locally_without_editor_capabilities_and_stay_in_the_roo
 
 async def test_permission_modes_and_always_surviving_a_restart(home, workspace, tmp_path):
     write = "tool_call: {name: write_file, arguments: {path: out.txt, content: x}}"
-    provider = script(tmp_path, [[write, "message: a"], [write, "message: b"], [write, "message: c"], [write, "message: d"]])
+    provider = script(
+        tmp_path,
+        [
+            [write, "message: a"],
+            [write, "message: b"],
+            [write, "message: c"],
+            [write, "message: d"],
+        ],
+    )
     db = f"sqlite:///{tmp_path / 'p.db'}"
     args = ["--database-url", db, "--provider", provider]
 
     editor = Editor("reject_once")
     async with raw_server(args, server_env(home), responder=editor) as server:
         await server.request("initialize", INIT)
-        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
+        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
         await server.request("session/prompt", prompt(sid))
         assert editor.calls == ["session/request_permission"]
         assert not (workspace / "out.txt").exists()
@@ -148,7 +193,9 @@ async def test_permission_modes_and_always_surviving_a_restart(home, workspace, 
     editor = Editor("reject_once")
     async with raw_server(args, server_env(home), responder=editor) as server:
         await server.request("initialize", INIT)
-        await server.request("session/load", {"sessionId": sid, "cwd": str(workspace), "mcpServers": []})
+        await server.request(
+            "session/load", {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+        )
         (workspace / "out.txt").unlink()
         await server.request("session/prompt", prompt(sid))
         assert editor.calls == [], "allow_always must be remembered across restarts"
@@ -161,10 +208,22 @@ async def test_permission_modes_and_always_surviving_a_restart(home, workspace, 
 
 
 async def test_a_cancelled_permission_aborts_the_tool_and_the_turn(home, workspace, tmp_path):
-    provider = script(tmp_path, [["tool_call: {name: write_file, arguments: {path: out.txt, content: x}}", "message: never"]])
-    async with raw_server(["--memory", "--provider", provider], server_env(home), responder=Editor("cancelled")) as server:
+    provider = script(
+        tmp_path,
+        [
+            [
+                "tool_call: {name: write_file, arguments: {path: out.txt, content: x}}",
+                "message: never",
+            ]
+        ],
+    )
+    async with raw_server(
+        ["--memory", "--provider", provider], server_env(home), responder=Editor("cancelled")
+    ) as server:
         await server.request("initialize", INIT)
-        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
+        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
         reply = await server.request("session/prompt", prompt(sid))
         assert reply["result"]["stopReason"] == "cancelled"
         assert final_calls(server, sid)["call_1_1"]["status"] == "failed"
@@ -173,12 +232,21 @@ async def test_a_cancelled_permission_aborts_the_tool_and_the_turn(home, workspa
 
 async def test_mcp_servers_are_per_session_and_stopped_on_close(home, workspace, tmp_path):
     server_a = {"name": "alpha", "command": sys.executable, "args": [str(ECHO_SERVER)], "env": []}
-    provider = script(tmp_path, [["tool_call: {name: alpha__pid, arguments: {}}", "message: a"],
-                                 ["tool_call: {name: alpha__pid, arguments: {}}", "message: b"]])
+    provider = script(
+        tmp_path,
+        [
+            ["tool_call: {name: alpha__pid, arguments: {}}", "message: a"],
+            ["tool_call: {name: alpha__pid, arguments: {}}", "message: b"],
+        ],
+    )
     async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
         await server.request("initialize", INIT)
-        with_mcp = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": [server_a]}))["result"]["sessionId"]
-        without = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
+        with_mcp = (
+            await server.request("session/new", {"cwd": str(workspace), "mcpServers": [server_a]})
+        )["result"]["sessionId"]
+        without = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
         for sid in (with_mcp, without):
             await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
             await server.request("session/prompt", prompt(sid))
@@ -204,8 +272,14 @@ async def test_a_broken_mcp_server_is_reported_and_the_session_works(home, works
     broken = {"name": "gh", "command": "/nonexistent/ghx", "args": [], "env": []}
     async with raw_server(["--memory"], server_env(home)) as server:
         await server.request("initialize", INIT)
-        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": [broken]}))["result"]["sessionId"]
+        sid = (
+            await server.request("session/new", {"cwd": str(workspace), "mcpServers": [broken]})
+        )["result"]["sessionId"]
         reply = await server.request("session/prompt", prompt(sid, "hello"))
         assert reply["result"]["stopReason"] == "end_turn"
-        said = "".join(u["content"]["text"] for u in server.updates(sid) if u["sessionUpdate"] == "agent_message_chunk")
+        said = "".join(
+            u["content"]["text"]
+            for u in server.updates(sid)
+            if u["sessionUpdate"] == "agent_message_chunk"
+        )
         assert "gh" in said and "could not start" in said

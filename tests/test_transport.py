@@ -40,7 +40,9 @@ async def test_malformed_input_gets_errors_and_the_server_keeps_serving(home):
         wrong = await server.response(7)
         assert wrong["error"]["code"] == -32600
         await server.send_raw(b'"just a string"\n')
-        await server.wait_for(lambda m: "must be a JSON object" in m.get("error", {}).get("message", ""))
+        await server.wait_for(
+            lambda m: "must be a JSON object" in m.get("error", {}).get("message", "")
+        )
 
         unknown = await server.request("no/such/method", {})
         assert unknown["error"]["code"] == -32601
@@ -64,8 +66,14 @@ async def test_oversized_line_is_rejected_without_killing_the_server(home, tmp_p
     config = tmp_path / "small.yaml"
     config.write_text("transport:\n  max_message_bytes: 4096\n")
     async with raw_server(["--memory", "--config", str(config)], server_env(home)) as server:
-        await server.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":"' + b"a" * 100_000 + b'"}}\n')
-        error = await server.wait_for(lambda m: "exceeds the limit" in m.get("error", {}).get("message", ""))
+        await server.send_raw(
+            b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":"'
+            + b"a" * 100_000
+            + b'"}}\n'
+        )
+        error = await server.wait_for(
+            lambda m: "exceeds the limit" in m.get("error", {}).get("message", "")
+        )
         assert error["error"]["code"] == -32600
         assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
 
@@ -73,15 +81,31 @@ async def test_oversized_line_is_rejected_without_killing_the_server(home, tmp_p
 async def test_cancel_request_aborts_a_request_with_32800(home, workspace, tmp_path):
     script = tmp_path / "slow.yaml"
     script.write_text(
-        "turns:\n  - delay_ms: 200\n    steps:\n      - chunks: [" + ", ".join(['"x"'] * 200) + "]\n"
+        "turns:\n  - delay_ms: 200\n    steps:\n      - chunks: ["
+        + ", ".join(['"x"'] * 200)
+        + "]\n"
     )
-    async with raw_server(["--memory", "--provider", f"script:{script}"], server_env(home)) as server:
+    async with raw_server(
+        ["--memory", "--provider", f"script:{script}"], server_env(home)
+    ) as server:
         await server.request("initialize", INIT)
-        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
-        await server.send({"jsonrpc": "2.0", "id": "p1", "method": "session/prompt",
-                           "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]}})
-        await server.wait_for(lambda m: m.get("method") == "session/update"
-                              and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
+        await server.send(
+            {
+                "jsonrpc": "2.0",
+                "id": "p1",
+                "method": "session/prompt",
+                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
+            }
+        )
+        await server.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+            )
+        )
         await server.notify("$/cancel_request", {"requestId": "p1"})
         reply = await server.response("p1", timeout=5)
         assert reply["error"]["code"] == -32800
@@ -110,7 +134,9 @@ async def test_bad_settings_stop_with_one_line(home, tmp_path):
     ]
     for args, extra in cases:
         process = await anyio.run_process(
-            ["acp-server", *args] if False else [*__import__("tests.harness").harness.SERVER, *args],
+            ["acp-server", *args]
+            if False
+            else [*__import__("tests.harness").harness.SERVER, *args],
             input=b'{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n',
             env=server_env(home, extra),
             check=False,
@@ -123,22 +149,66 @@ async def test_bad_settings_stop_with_one_line(home, tmp_path):
             json.loads(out)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.one_of(
-    st.binary(max_size=200).filter(lambda b: b"\n" not in b),
-    st.text(max_size=200).map(lambda t: t.replace("\n", " ").encode()),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                 lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                 max_leaves=10).map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"jsonrpc": st.just("2.0"), "id": st.integers(0, 10**6),
-                           "method": st.sampled_from(["initialize", "session/new", "session/load", "session/list",
-                                                      "session/prompt", "session/cancel", "session/set_mode",
-                                                      "session/set_config_option", "session/delete", "session/close"]),
-                           "params": st.dictionaries(st.sampled_from(["sessionId", "cwd", "mcpServers", "prompt",
-                                                                      "cursor", "modeId", "configId", "value"]),
-                                                     st.none() | st.integers() | st.text(max_size=10) | st.lists(st.integers(), max_size=2),
-                                                     max_size=4)}).map(lambda v: json.dumps(v).encode()),
-), min_size=1, max_size=15))
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=200).filter(lambda b: b"\n" not in b),
+            st.text(max_size=200).map(lambda t: t.replace("\n", " ").encode()),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                lambda inner: (
+                    st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+                ),
+                max_leaves=10,
+            ).map(lambda v: json.dumps(v).encode()),
+            st.fixed_dictionaries(
+                {
+                    "jsonrpc": st.just("2.0"),
+                    "id": st.integers(0, 10**6),
+                    "method": st.sampled_from(
+                        [
+                            "initialize",
+                            "session/new",
+                            "session/load",
+                            "session/list",
+                            "session/prompt",
+                            "session/cancel",
+                            "session/set_mode",
+                            "session/set_config_option",
+                            "session/delete",
+                            "session/close",
+                        ]
+                    ),
+                    "params": st.dictionaries(
+                        st.sampled_from(
+                            [
+                                "sessionId",
+                                "cwd",
+                                "mcpServers",
+                                "prompt",
+                                "cursor",
+                                "modeId",
+                                "configId",
+                                "value",
+                            ]
+                        ),
+                        st.none()
+                        | st.integers()
+                        | st.text(max_size=10)
+                        | st.lists(st.integers(), max_size=2),
+                        max_size=4,
+                    ),
+                }
+            ).map(lambda v: json.dumps(v).encode()),
+        ),
+        min_size=1,
+        max_size=15,
+    )
+)
 def test_garbage_never_crashes_the_server_or_breaks_stdout(lines, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
 

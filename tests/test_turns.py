@@ -27,7 +27,9 @@ def config(tmp_path: Path, text: str) -> str:
 
 
 def openai_env(home: Path, llm: FakeLLM) -> dict[str, str]:
-    return server_env(home, {"OPENAI_BASE_URL": llm.base_url_openai, "OPENAI_API_KEY": "sk-test-secret-key"})
+    return server_env(
+        home, {"OPENAI_BASE_URL": llm.base_url_openai, "OPENAI_API_KEY": "sk-test-secret-key"}
+    )
 
 
 NO_TITLES = "agent:\n  generate_titles: false\nprovider:\n  max_retries: 2\n"
@@ -35,7 +37,9 @@ NO_TITLES = "agent:\n  generate_titles: false\nprovider:\n  max_retries: 2\n"
 
 async def new_session(server, cwd: Path) -> str:
     await server.request("initialize", INIT)
-    return (await server.request("session/new", {"cwd": str(cwd), "mcpServers": []}))["result"]["sessionId"]
+    return (await server.request("session/new", {"cwd": str(cwd), "mcpServers": []}))["result"][
+        "sessionId"
+    ]
 
 
 def prompt(sid: str, text: str) -> dict:
@@ -44,11 +48,15 @@ def prompt(sid: str, text: str) -> dict:
 
 def agent_text(server, sid: str) -> str:
     return "".join(
-        u["content"]["text"] for u in server.updates(sid) if u["sessionUpdate"] == "agent_message_chunk"
+        u["content"]["text"]
+        for u in server.updates(sid)
+        if u["sessionUpdate"] == "agent_message_chunk"
     )
 
 
-async def test_multi_turn_history_reaches_the_provider_complete_and_in_order(home, workspace, tmp_path, llm):
+async def test_multi_turn_history_reaches_the_provider_complete_and_in_order(
+    home, workspace, tmp_path, llm
+):
     llm.queue(
         Reply(text_chunks=["Hel", "lo ", "one"], usage=(20, 3, 0)),
         Reply(tool_calls=[("call_a", "read_file", {"path": "README.md"})], usage=(30, 5, 0)),
@@ -79,15 +87,28 @@ async def test_multi_turn_history_reaches_the_provider_complete_and_in_order(hom
     assert all(r.headers.get("authorization") == "Bearer sk-test-secret-key" for r in llm.requests)
 
 
-async def test_cancel_mid_stream_answers_cancelled_fast_and_keeps_the_partial_reply(home, workspace, tmp_path, llm):
+async def test_cancel_mid_stream_answers_cancelled_fast_and_keeps_the_partial_reply(
+    home, workspace, tmp_path, llm
+):
     llm.queue(Reply(text_chunks=["partial "], endless=True, chunk_delay=0.01))
     db = f"sqlite:///{tmp_path / 's.db'}"
     args = ["--database-url", db, "--provider", "openai", "--config", config(tmp_path, NO_TITLES)]
     async with raw_server(args, openai_env(home, llm)) as server:
         sid = await new_session(server, workspace)
-        await server.send({"jsonrpc": "2.0", "id": "turn", "method": "session/prompt", "params": prompt(sid, "go on forever")})
-        await server.wait_for(lambda m: m.get("method") == "session/update"
-                              and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        await server.send(
+            {
+                "jsonrpc": "2.0",
+                "id": "turn",
+                "method": "session/prompt",
+                "params": prompt(sid, "go on forever"),
+            }
+        )
+        await server.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+            )
+        )
         await anyio.sleep(0.2)
         started = time.monotonic()
         await server.notify("session/cancel", {"sessionId": sid})
@@ -99,10 +120,14 @@ async def test_cancel_mid_stream_answers_cancelled_fast_and_keeps_the_partial_re
         assert said.startswith("partial")
         # the session is usable at once
         llm.queue(Reply(text_chunks=["after"]))
-        assert (await server.request("session/prompt", prompt(sid, "again")))["result"]["stopReason"] == "end_turn"
+        assert (await server.request("session/prompt", prompt(sid, "again")))["result"][
+            "stopReason"
+        ] == "end_turn"
     async with raw_server(args, openai_env(home, llm)) as server:
         await server.request("initialize", INIT)
-        await server.request("session/load", {"sessionId": sid, "cwd": str(workspace), "mcpServers": []})
+        await server.request(
+            "session/load", {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+        )
         replayed = agent_text(server, sid)
         assert replayed.startswith(said)
         assert replayed.endswith("after")
@@ -113,14 +138,26 @@ async def test_provider_500_is_retried_then_succeeds(home, workspace, tmp_path, 
     args = ["--memory", "--provider", "openai", "--config", config(tmp_path, NO_TITLES)]
     async with raw_server(args, openai_env(home, llm)) as server:
         sid = await new_session(server, workspace)
-        assert (await server.request("session/prompt", prompt(sid, "hi")))["result"]["stopReason"] == "end_turn"
+        assert (await server.request("session/prompt", prompt(sid, "hi")))["result"][
+            "stopReason"
+        ] == "end_turn"
         assert agent_text(server, sid) == "recovered"
     assert len(llm.requests) == 2
 
 
-async def test_unreachable_provider_gives_a_readable_message_and_a_proper_stop(home, workspace, tmp_path):
-    env = server_env(home, {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-never-logged"})
-    args = ["--memory", "--provider", "openai", "--config", config(tmp_path, NO_TITLES.replace("2", "0"))]
+async def test_unreachable_provider_gives_a_readable_message_and_a_proper_stop(
+    home, workspace, tmp_path
+):
+    env = server_env(
+        home, {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-never-logged"}
+    )
+    args = [
+        "--memory",
+        "--provider",
+        "openai",
+        "--config",
+        config(tmp_path, NO_TITLES.replace("2", "0")),
+    ]
     async with raw_server(args, env) as server:
         sid = await new_session(server, workspace)
         reply = await server.request("session/prompt", prompt(sid, "hi"), timeout=60)
@@ -144,12 +181,16 @@ async def test_provider_auth_failure_is_explained_without_the_key(home, workspac
 
 
 async def test_titles_and_usage_appear_and_persist(home, workspace, tmp_path):
-    with FakeLLM(default_reply=Reply(text_chunks=["Refactoring ", "auth module"], usage=(12, 4, 0))) as llm:
+    with FakeLLM(
+        default_reply=Reply(text_chunks=["Refactoring ", "auth module"], usage=(12, 4, 0))
+    ) as llm:
         db = f"sqlite:///{tmp_path / 't.db'}"
         args = ["--database-url", db, "--provider", "openai"]
         async with raw_server(args, openai_env(home, llm)) as server:
             sid = await new_session(server, workspace)
-            await server.request("session/prompt", prompt(sid, "please refactor the authentication module"))
+            await server.request(
+                "session/prompt", prompt(sid, "please refactor the authentication module")
+            )
             info = [u for u in server.updates(sid) if u["sessionUpdate"] == "session_info_update"]
             assert info and info[-1]["title"] == "Refactoring auth module"
             # a person's title is never overwritten
@@ -160,19 +201,27 @@ async def test_titles_and_usage_appear_and_persist(home, workspace, tmp_path):
             listed = (await server.request("session/list", {}))["result"]["sessions"]
             assert listed[0]["title"] == "My auth work"
         # the title request was small and separate from the turns
-        assert any(r.get("max_tokens", r.get("max_completion_tokens", 0)) <= 32 for r in llm.requests)
+        assert any(
+            r.get("max_tokens", r.get("max_completion_tokens", 0)) <= 32 for r in llm.requests
+        )
 
 
 async def test_anthropic_thinking_text_and_usage(home, workspace, tmp_path):
     with FakeLLM() as llm:
-        llm.queue(Reply(thinking_chunks=["let me ", "think"], text_chunks=["Answer."], usage=(50, 7, 20)))
-        env = server_env(home, {"ANTHROPIC_BASE_URL": llm.base_url_anthropic, "ANTHROPIC_API_KEY": "ak-secret"})
+        llm.queue(
+            Reply(thinking_chunks=["let me ", "think"], text_chunks=["Answer."], usage=(50, 7, 20))
+        )
+        env = server_env(
+            home, {"ANTHROPIC_BASE_URL": llm.base_url_anthropic, "ANTHROPIC_API_KEY": "ak-secret"}
+        )
         args = ["--memory", "--provider", "anthropic", "--config", config(tmp_path, NO_TITLES)]
         async with raw_server(args, env) as server:
             sid = await new_session(server, workspace)
             await server.request("session/prompt", prompt(sid, "why?"))
             updates = server.updates(sid)
-            thoughts = "".join(u["content"]["text"] for u in updates if u["sessionUpdate"] == "agent_thought_chunk")
+            thoughts = "".join(
+                u["content"]["text"] for u in updates if u["sessionUpdate"] == "agent_thought_chunk"
+            )
             assert thoughts == "let me think"
             assert agent_text(server, sid) == "Answer."
             ids = {u["messageId"] for u in updates if u["sessionUpdate"] == "agent_thought_chunk"}
@@ -185,15 +234,25 @@ async def test_a_busy_session_refuses_a_second_prompt(home, workspace, tmp_path,
     args = ["--memory", "--provider", "openai", "--config", config(tmp_path, NO_TITLES)]
     async with raw_server(args, openai_env(home, llm)) as server:
         sid = await new_session(server, workspace)
-        other = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))["result"]["sessionId"]
-        await server.send({"jsonrpc": "2.0", "id": "t1", "method": "session/prompt", "params": prompt(sid, "one")})
-        await server.wait_for(lambda m: m.get("method") == "session/update"
-                              and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        other = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
+        await server.send(
+            {"jsonrpc": "2.0", "id": "t1", "method": "session/prompt", "params": prompt(sid, "one")}
+        )
+        await server.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+            )
+        )
         busy = await server.request("session/prompt", prompt(sid, "two"))
         assert busy["error"]["code"] == -32600 and "already" in busy["error"]["message"]
         # another session is served meanwhile
         llm.queue(Reply(text_chunks=["other"]))
-        assert (await server.request("session/prompt", prompt(other, "x")))["result"]["stopReason"] == "end_turn"
+        assert (await server.request("session/prompt", prompt(other, "x")))["result"][
+            "stopReason"
+        ] == "end_turn"
         await server.request("session/close", {"sessionId": sid})
         assert (await server.response("t1", timeout=5))["result"]["stopReason"] == "cancelled"
 
@@ -209,17 +268,26 @@ async def test_max_tokens_refusal_and_max_turn_requests(home, workspace, tmp_pat
     async with raw_server(args, openai_env(home, llm)) as server:
         sid = await new_session(server, workspace)
         stops = [
-            (await server.request("session/prompt", prompt(sid, str(i))))["result"]["stopReason"] for i in range(3)
+            (await server.request("session/prompt", prompt(sid, str(i))))["result"]["stopReason"]
+            for i in range(3)
         ]
     assert stops == ["max_tokens", "refusal", "max_turn_requests"]
 
 
 async def test_script_provider_reproduces_its_file(home, workspace):
     example = Path(__file__).resolve().parent.parent / "examples" / "script-demo.yaml"
-    async with raw_server(["--memory", "--provider", f"script:{example}"], server_env(home)) as server:
+    async with raw_server(
+        ["--memory", "--provider", f"script:{example}"], server_env(home)
+    ) as server:
         sid = await new_session(server, workspace)
         await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
         reply = await server.request("session/prompt", prompt(sid, "demo"))
         assert reply["result"]["stopReason"] in ("end_turn", "max_tokens", "refusal")
         kinds = {u["sessionUpdate"] for u in server.updates(sid)}
-        assert {"agent_thought_chunk", "agent_message_chunk", "plan", "tool_call", "tool_call_update"} <= kinds
+        assert {
+            "agent_thought_chunk",
+            "agent_message_chunk",
+            "plan",
+            "tool_call",
+            "tool_call_update",
+        } <= kinds

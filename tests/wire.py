@@ -25,14 +25,20 @@ def _doc(name: str) -> dict[str, Any]:
 @cache
 def _validator(schema: str, definition: str) -> Draft202012Validator:
     doc = _doc(schema)
-    return Draft202012Validator({"$schema": doc["$schema"], "$defs": doc["$defs"], "$ref": f"#/$defs/{definition}"})
+    return Draft202012Validator(
+        {"$schema": doc["$schema"], "$defs": doc["$defs"], "$ref": f"#/$defs/{definition}"}
+    )
 
 
 @cache
 def _definition(method: str, side: str, suffix: str) -> tuple[str, str] | None:
     for schema in ("schema.json", "schema.unstable.json"):
         for name, body in _doc(schema)["$defs"].items():
-            if body.get("x-method") == method and body.get("x-side") == side and name.endswith(suffix):
+            if (
+                body.get("x-method") == method
+                and body.get("x-side") == side
+                and name.endswith(suffix)
+            ):
                 return schema, name
     return None
 
@@ -44,7 +50,10 @@ class WireError(AssertionError):
 def validate(definition: str, value: Any, schema: str = "schema.json") -> None:
     errors = sorted(_validator(schema, definition).iter_errors(value), key=lambda e: list(e.path))
     if errors:
-        raise WireError(f"{definition} does not validate: {errors[0].message} at {list(errors[0].path)}\n{value!r}"[:2000])
+        raise WireError(
+            f"{definition} does not validate: {errors[0].message} "
+            f"at {list(errors[0].path)}\n{value!r}"[:2000]
+        )
 
 
 class WireChecker:
@@ -69,7 +78,9 @@ class WireChecker:
             suffix = "Request" if "id" in message else "Notification"
             found = _definition(method, "client", suffix) or _definition(method, "protocol", suffix)
             if found is None:
-                raise WireError(f"the server sent {method}, which ACP does not define for the client side")
+                raise WireError(
+                    f"the server sent {method}, which ACP does not define for the client side"
+                )
             schema, name = found
             validate(name, message.get("params"), schema)
             return

@@ -68,7 +68,11 @@ def model_messages(items: list[Item], *, images: bool) -> list[Message]:
             messages.append(UserMessage(prompt_parts(data.get("content", []), images=images)))
         elif item.kind == ItemKind.SUMMARY:
             close()
-            messages.append(UserMessage([TextPart(f"Summary of the earlier conversation:\n{data.get('text', '')}")]))
+            messages.append(
+                UserMessage(
+                    [TextPart(f"Summary of the earlier conversation:\n{data.get('text', '')}")]
+                )
+            )
         elif item.kind in (ItemKind.AGENT, ItemKind.THOUGHT):
             if assistant is not None and assistant.tool_calls:
                 close()
@@ -82,7 +86,9 @@ def model_messages(items: list[Item], *, images: bool) -> list[Message]:
             if assistant is None:
                 assistant = AssistantMessage()
             call_id = str(data.get("toolCallId"))
-            assistant.tool_calls.append(ToolCall(call_id, str(data.get("name")), data.get("rawInput") or {}))
+            assistant.tool_calls.append(
+                ToolCall(call_id, str(data.get("name")), data.get("rawInput") or {})
+            )
             results.append(
                 ToolResult(
                     call_id,

@@ -45,7 +45,9 @@ def _clean(text: str) -> str | None:
     return line[:MAX_TITLE] or None
 
 
-async def generate_title(provider: Provider, model: str, blocks: list[dict[str, Any]]) -> str | None:
+async def generate_title(
+    provider: Provider, model: str, blocks: list[dict[str, Any]]
+) -> str | None:
     if provider.name in ("echo",) or provider.name.startswith("script"):
         return fallback_title(blocks)
     text = _prompt_text(blocks)[:2000]

@@ -39,7 +39,15 @@ from acp_server.agent.providers.base import (
 )
 from acp_server.agent.tools.base import ClientBridge, Tool, ToolContext, ToolError, ToolOutcome
 from acp_server.logs import get_logger
-from acp_server.sessions.model import ItemKind, NewItem, SessionRecord, Turn, TurnStatus, Usage, now_ms
+from acp_server.sessions.model import (
+    ItemKind,
+    NewItem,
+    SessionRecord,
+    Turn,
+    TurnStatus,
+    Usage,
+    now_ms,
+)
 
 if TYPE_CHECKING:
     from acp_server.sessions.service import SessionService
@@ -166,8 +174,13 @@ class TurnRunner:
     async def run(self, prompt: list[dict[str, Any]], history: list[Message]) -> StopReason:
         live = self.live
         await self.service.start_turn(self.turn)
-        await self._store(NewItem(kind=ItemKind.USER, message_id=new_message_id(), data={"content": prompt}))
-        self._messages = [*history, UserMessage(prompt_parts(prompt, images=self.provider.supports_images))]
+        await self._store(
+            NewItem(kind=ItemKind.USER, message_id=new_message_id(), data={"content": prompt})
+        )
+        self._messages = [
+            *history,
+            UserMessage(prompt_parts(prompt, images=self.provider.supports_images)),
+        ]
         stop: StopReason = "cancelled"
         status = TurnStatus.CANCELLED
         with anyio.CancelScope() as scope:
@@ -199,7 +212,9 @@ class TurnRunner:
 
     async def _loop(self) -> StopReason:
         specs = [ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()]
-        system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(cwd=self.live.record.cwd)
+        system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(
+            cwd=self.live.record.cwd
+        )
         while True:
             if self.turn.model_calls >= self.config.max_model_calls:
                 return "max_turn_requests"
@@ -224,7 +239,13 @@ class TurnRunner:
                     calls.append(event.call)
                 elif isinstance(event, PlanUpdate):
                     await self._finish_segment()
-                    await self._store(NewItem(kind=ItemKind.PLAN, message_id=new_message_id(), data={"entries": event.entries}))
+                    await self._store(
+                        NewItem(
+                            kind=ItemKind.PLAN,
+                            message_id=new_message_id(),
+                            data={"entries": event.entries},
+                        )
+                    )
                     await self.listener.plan(event.entries)
                 elif isinstance(event, UsageReport):
                     usage_seen = True
@@ -233,7 +254,9 @@ class TurnRunner:
                     finish = event.reason
             await self._finish_segment()
             if not usage_seen:
-                self._add_usage(Usage(input_tokens=_estimate_tokens(request.messages), estimated=True))
+                self._add_usage(
+                    Usage(input_tokens=_estimate_tokens(request.messages), estimated=True)
+                )
             if finish == FinishReason.TOOL_USE and calls:
                 for call in calls:
                     await self._tool(call)
@@ -243,7 +266,9 @@ class TurnRunner:
             return _FINISH_TO_STOP[finish]
 
     def _add_usage(self, usage: Usage) -> None:
-        if usage.cost == 0 and (self.config.input_price_per_mtok or self.config.output_price_per_mtok):
+        if usage.cost == 0 and (
+            self.config.input_price_per_mtok or self.config.output_price_per_mtok
+        ):
             usage = usage.model_copy(
                 update={
                     "cost": usage.input_tokens * (self.config.input_price_per_mtok or 0) / 1e6
@@ -338,13 +363,16 @@ class TurnRunner:
             except ToolError:
                 pass
         item = await self.service.append(
-            self.live.id, NewItem(kind=ItemKind.TOOL_CALL, message_id=call.id, data=data, turn_id=self.turn.id)
+            self.live.id,
+            NewItem(kind=ItemKind.TOOL_CALL, message_id=call.id, data=data, turn_id=self.turn.id),
         )
         await self.listener.tool_call(dict(data))
         try:
             outcome = await self._decide_and_run(call, tool, ctx, data)
         except anyio.get_cancelled_exc_class():
-            data.update(status="failed", result="cancelled by the user before it finished", isError=True)
+            data.update(
+                status="failed", result="cancelled by the user before it finished", isError=True
+            )
             self._pending_results.append(ToolResult(call.id, data["result"], True))
             with anyio.CancelScope(shield=True):
                 await self.service.update_item(self.live.id, item.seq, data)
@@ -361,9 +389,13 @@ class TurnRunner:
             data["rawOutput"] = outcome.raw_output
         with anyio.CancelScope(shield=True):
             await self.service.update_item(self.live.id, item.seq, data)
-        fields = {k: data[k] for k in ("status", "content", "rawOutput") if k in data}
+        fields: dict[str, Any] = {
+            k: data[k] for k in ("status", "content", "rawOutput") if k in data
+        }
         if "content" not in fields:
-            fields["content"] = [{"type": "content", "content": {"type": "text", "text": outcome.model_text}}]
+            fields["content"] = [
+                {"type": "content", "content": {"type": "text", "text": outcome.model_text}}
+            ]
         await self.listener.tool_call_update(call.id, fields)
         self._pending_results.append(ToolResult(call.id, outcome.model_text, outcome.is_error))
 
@@ -409,4 +441,6 @@ class TurnRunner:
             return ToolOutcome(str(exc), is_error=True)
         except Exception as exc:
             log.exception("tool failed", tool=call.name)
-            return ToolOutcome(f"{call.name} failed unexpectedly: {type(exc).__name__}", is_error=True)
+            return ToolOutcome(
+                f"{call.name} failed unexpectedly: {type(exc).__name__}", is_error=True
+            )

@@ -18,9 +18,15 @@ COMMANDS = ("serve", "db", "sessions", "retention", "doctor")
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (default: acp-server.yaml in the user config dir)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: acp-server.yaml in the user config dir)",
+    )
     parser.add_argument("--database-url", metavar="URL", help="SQLAlchemy-style database URL")
-    parser.add_argument("--memory", action="store_true", default=None, help="keep sessions in memory; write nothing")
+    parser.add_argument(
+        "--memory", action="store_true", default=None, help="keep sessions in memory; write nothing"
+    )
     parser.add_argument("--provider", help="openai, anthropic, echo or script:PATH")
     parser.add_argument("--model", help="the model to use (default: the provider's)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -30,17 +36,25 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acp-server",
-        description="An Agent Client Protocol (ACP v1) agent server; editors spawn it and speak ACP over stdio.",
+        description=(
+            "An Agent Client Protocol (ACP v1) agent server; "
+            "editors spawn it and speak ACP over stdio."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"acp-server {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve ACP v1 over stdin/stdout until stdin closes (the default)")
+    serve = sub.add_parser(
+        "serve", help="serve ACP v1 over stdin/stdout until stdin closes (the default)"
+    )
     _settings_flags(serve)
 
     db = sub.add_parser("db", help="database schema migrations")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    for name, text in (("upgrade", "apply pending migrations"), ("current", "show the schema version")):
+    for name, text in (
+        ("upgrade", "apply pending migrations"),
+        ("current", "show the schema version"),
+    ):
         _settings_flags(db_sub.add_parser(name, help=text))
 
     sessions = sub.add_parser("sessions", help="inspect and manage stored sessions")
@@ -51,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--all", action="store_true", help="include subagent and hidden sessions")
     p.add_argument("--json", action="store_true", help="print JSON")
-    for name, text in (("show", "show one session and its conversation"), ("delete", "delete sessions")):
+    for name, text in (
+        ("show", "show one session and its conversation"),
+        ("delete", "delete sessions"),
+    ):
         p = s_sub.add_parser(name, help=text)
         _settings_flags(p)
         p.add_argument("session_ids", nargs="+", metavar="SESSION_ID")

@@ -103,7 +103,9 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of sections, not {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must be a mapping of sections, not {type(data).__name__}"
+        )
     result = substitute(data, env)
     assert isinstance(result, dict)
     return result
@@ -153,7 +155,9 @@ def load_settings(
     if path_text:
         path = Path(path_text).expanduser()
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; fix --config or ACP_SERVER_CONFIG")
+            raise ConfigError(
+                f"config file {path} does not exist; fix --config or ACP_SERVER_CONFIG"
+            )
         tree = _read_file(path, env)
     else:
         path = user_config_file()

@@ -35,7 +35,9 @@ M = TypeVar("M", bound=s.AcpModel)
 EXTENSION = "acp-server"
 RENAME_METHOD = "_acp_server/session/rename"
 MODES = [
-    s.SessionMode(id="ask", name="Ask", description="Reads run freely; edits and commands ask first"),
+    s.SessionMode(
+        id="ask", name="Ask", description="Reads run freely; edits and commands ask first"
+    ),
     s.SessionMode(id="auto", name="Auto", description="Every tool runs without asking"),
     s.SessionMode(id="read-only", name="Read-only", description="Edits and commands are refused"),
 ]
@@ -65,7 +67,11 @@ def parse(model: type[M], params: dict[str, Any]) -> M:
 
 
 def iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class AcpAgent:
@@ -75,7 +81,9 @@ class AcpAgent:
         *,
         service: Callable[[], Awaitable[SessionService]],
         provider: Callable[[], Provider],
-        tools: Callable[[LiveSession, list[dict[str, Any]], anyio.abc.TaskGroup], Awaitable[list[str]]],
+        tools: Callable[
+            [LiveSession, list[dict[str, Any]], anyio.abc.TaskGroup], Awaitable[list[str]]
+        ],
         close_tools: Callable[[LiveSession], Awaitable[None]],
         task_group: anyio.abc.TaskGroup,
     ):
@@ -117,15 +125,22 @@ class AcpAgent:
         provider = self.settings.provider.name
         capabilities = s.AgentCapabilities(
             load_session=True,
-            prompt_capabilities=s.PromptCapabilities(image=provider in IMAGE_PROVIDERS, embedded_context=True),
+            prompt_capabilities=s.PromptCapabilities(
+                image=provider in IMAGE_PROVIDERS, embedded_context=True
+            ),
             mcp_capabilities=s.McpCapabilities(http=True),
-            session_capabilities=s.SessionCapabilities(
-                list_=s.Marker(),
-                resume=s.Marker(),
-                close=s.Marker(),
-                delete=s.Marker(),
-                additional_directories=s.Marker(),
-                fork=s.Marker(),
+            session_capabilities=s.SessionCapabilities.model_validate(
+                {
+                    key: {}
+                    for key in (
+                        "list",
+                        "resume",
+                        "close",
+                        "delete",
+                        "additionalDirectories",
+                        "fork",
+                    )
+                }
             ),
         )
         capabilities.field_meta = {EXTENSION: {"methods": [RENAME_METHOD], "version": __version__}}
@@ -145,7 +160,9 @@ class AcpAgent:
 
     # ---- session setup ---------------------------------------------------------------------
 
-    def _state(self, record: SessionRecord) -> tuple[s.SessionModeState, list[s.SelectConfigOption]]:
+    def _state(
+        self, record: SessionRecord
+    ) -> tuple[s.SessionModeState, list[s.SelectConfigOption]]:
         provider = self._provider()
         mode = record.mode or self.settings.agent.default_mode
         model = record.model or provider.default_model
@@ -156,7 +173,10 @@ class AcpAgent:
                 name="Mode",
                 category="mode",
                 current_value=mode,
-                options=[s.ConfigOptionValue(value=m.id, name=m.name, description=m.description) for m in MODES],
+                options=[
+                    s.ConfigOptionValue(value=m.id, name=m.name, description=m.description)
+                    for m in MODES
+                ],
             ),
             s.SelectConfigOption(
                 id="model",
@@ -192,12 +212,16 @@ class AcpAgent:
     def _setup_response(self, record: SessionRecord, with_id: bool) -> dict[str, Any]:
         modes, options = self._state(record)
         if with_id:
-            return s.NewSessionResponse(session_id=record.id, modes=modes, config_options=options).wire()
+            return s.NewSessionResponse(
+                session_id=record.id, modes=modes, config_options=options
+            ).wire()
         return s.LoadSessionResponse(modes=modes, config_options=options).wire()
 
     def _announce(self, ctx: RequestContext, session_id: str) -> None:
         async def commands() -> None:
-            await send_update(ctx.connection, session_id, s.AvailableCommandsUpdate(available_commands=COMMANDS))
+            await send_update(
+                ctx.connection, session_id, s.AvailableCommandsUpdate(available_commands=COMMANDS)
+            )
 
         ctx.then(commands)
 
@@ -226,13 +250,17 @@ class AcpAgent:
         request = parse(s.LoadSessionRequest, params)
         service = await self._service()
         record = await service.reopen(
-            request.session_id, cwd=request.cwd, additional_directories=request.additional_directories
+            request.session_id,
+            cwd=request.cwd,
+            additional_directories=request.additional_directories,
         )
         items = await service.items(record.id)
         await replay_items(ctx.connection, record, items)
         if record.title:
             await send_update(
-                ctx.connection, record.id, s.SessionInfoUpdate(title=record.title, updated_at=iso(record.updated_at))
+                ctx.connection,
+                record.id,
+                s.SessionInfoUpdate(title=record.title, updated_at=iso(record.updated_at)),
             )
         await self._open(record, self._servers(request.mcp_servers))
         self._announce(ctx, record.id)
@@ -242,7 +270,9 @@ class AcpAgent:
         request = parse(s.ResumeSessionRequest, params)
         service = await self._service()
         record = await service.reopen(
-            request.session_id, cwd=request.cwd, additional_directories=request.additional_directories
+            request.session_id,
+            cwd=request.cwd,
+            additional_directories=request.additional_directories,
         )
         await self._open(record, self._servers(request.mcp_servers))
         self._announce(ctx, record.id)
@@ -252,7 +282,9 @@ class AcpAgent:
         request = parse(s.ForkSessionRequest, params)
         service = await self._service()
         record = await service.fork(
-            request.session_id, cwd=request.cwd, additional_directories=request.additional_directories
+            request.session_id,
+            cwd=request.cwd,
+            additional_directories=request.additional_directories,
         )
         await self._open(record, self._servers(request.mcp_servers))
         self._announce(ctx, record.id)
@@ -261,7 +293,7 @@ class AcpAgent:
     async def list_sessions(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         request = parse(s.ListSessionsRequest, params)
         service = await self._service()
-        records, cursor = await service.list(cwd=request.cwd, cursor=request.cursor)
+        records, cursor = await service.list_page(cwd=request.cwd, cursor=request.cursor)
         return s.ListSessionsResponse(
             sessions=[
                 s.SessionInfo(
@@ -327,7 +359,8 @@ class AcpAgent:
         live = await self._live(request.session_id)
         if live.busy:
             raise errors.InvalidRequest(
-                f"session {live.id!r} is already answering a prompt; wait for it to finish or send session/cancel",
+                f"session {live.id!r} is already answering a prompt; "
+                "wait for it to finish or send session/cancel",
                 data={"sessionId": live.id},
             )
         live.busy = True
@@ -337,7 +370,9 @@ class AcpAgent:
             live.busy = False
         return s.PromptResponse(stop_reason=stop).wire()
 
-    async def _turn(self, ctx: RequestContext, live: LiveSession, request: s.PromptRequest) -> StopReason:
+    async def _turn(
+        self, ctx: RequestContext, live: LiveSession, request: s.PromptRequest
+    ) -> StopReason:
         service = await self._service()
         listener = EditorListener(ctx.connection, live.id)
         blocks = [block.wire() for block in request.prompt]
@@ -350,7 +385,9 @@ class AcpAgent:
         if live.history is None:
             from acp_server.agent.history import model_messages
 
-            live.history = model_messages(await service.items(live.id, for_model=True), images=provider.supports_images)
+            live.history = model_messages(
+                await service.items(live.id, for_model=True), images=provider.supports_images
+            )
         settings = self.settings
         runner = TurnRunner(
             live,
@@ -372,7 +409,9 @@ class AcpAgent:
         title_scope = anyio.CancelScope()
         title_done = anyio.Event()
         if first and settings.agent.generate_titles and not live.record.title_set_by_user:
-            self._tg.start_soon(self._title_task, ctx.connection, live, provider, blocks, title_scope, title_done)
+            self._tg.start_soon(
+                self._title_task, ctx.connection, live, provider, blocks, title_scope, title_done
+            )
         else:
             title_done.set()
         stop = await runner.run(blocks, live.history)
@@ -393,7 +432,9 @@ class AcpAgent:
     ) -> None:
         try:
             with scope, anyio.move_on_after(30):
-                title = await generate_title(provider, live.record.model or provider.default_model, blocks)
+                title = await generate_title(
+                    provider, live.record.model or provider.default_model, blocks
+                )
                 if not title or live.record.title_set_by_user or live.closed:
                     return
                 service = await self._service()
@@ -408,7 +449,10 @@ class AcpAgent:
     async def _usage(self, connection: Connection, live: LiveSession, provider: Provider) -> None:
         record = live.record
         size = self.settings.provider.context_window or provider.context_window
-        priced = self.settings.provider.input_price_per_mtok or self.settings.provider.output_price_per_mtok
+        priced = (
+            self.settings.provider.input_price_per_mtok
+            or self.settings.provider.output_price_per_mtok
+        )
         update = s.UsageUpdate(
             used=record.context_tokens,
             size=size,
@@ -416,20 +460,26 @@ class AcpAgent:
         )
         await send_update(connection, live.id, update)
 
-    async def _command(self, ctx: RequestContext, live: LiveSession, name: str, argument: str) -> StopReason:
+    async def _command(
+        self, ctx: RequestContext, live: LiveSession, name: str, argument: str
+    ) -> StopReason:
         listener = EditorListener(ctx.connection, live.id)
         if name == "title":
             if not argument:
                 await listener.message_chunk(f"cmd-{live.id}", "Usage: /title <new title>")
                 return "end_turn"
             await self._set_title(ctx.connection, live.id, argument)
-            await listener.message_chunk(f"cmd-{live.id}", f"Session renamed to “{argument[:200]}”.")
+            await listener.message_chunk(
+                f"cmd-{live.id}", f"Session renamed to “{argument[:200]}”."
+            )
         return "end_turn"
 
     async def _set_title(self, connection: Connection, session_id: str, title: str) -> None:
         title = " ".join(title.split())[:200]
         if not title:
-            raise errors.InvalidParams("Invalid params: title must not be empty", data={"field": "title"})
+            raise errors.InvalidParams(
+                "Invalid params: title must not be empty", data={"field": "title"}
+            )
         service = await self._service()
         if not await service.store.update(session_id).title(title, by_user=True).apply():
             raise errors.SessionNotFound(session_id)
@@ -442,9 +492,13 @@ class AcpAgent:
     async def rename(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         session_id, title = params.get("sessionId"), params.get("title")
         if not isinstance(session_id, str):
-            raise errors.InvalidParams("Invalid params: sessionId is required", data={"field": "sessionId"})
+            raise errors.InvalidParams(
+                "Invalid params: sessionId is required", data={"field": "sessionId"}
+            )
         if not isinstance(title, str):
-            raise errors.InvalidParams("Invalid params: title must be a string", data={"field": "title"})
+            raise errors.InvalidParams(
+                "Invalid params: title must be a string", data={"field": "title"}
+            )
         await self._set_title(ctx.connection, session_id, title)
         return {}
 
@@ -461,11 +515,14 @@ class AcpAgent:
         await self._configure(request.session_id, "mode", request.mode_id)
         return {}
 
-    async def set_config_option(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    async def set_config_option(
+        self, ctx: RequestContext, params: dict[str, Any]
+    ) -> dict[str, Any]:
         request = parse(s.SetConfigOptionRequest, params)
         if not isinstance(request.value, str):
             raise errors.InvalidParams(
-                f"Invalid params: {request.config_id} takes one of its option values, not a boolean",
+                f"Invalid params: {request.config_id} takes one of its option values, "
+                "not a boolean",
                 data={"field": "value"},
             )
         record = await self._configure(request.session_id, request.config_id, request.value)
@@ -486,7 +543,8 @@ class AcpAgent:
         allowed = [choice.value for choice in option.options]
         if value not in allowed:
             raise errors.InvalidParams(
-                f"Invalid params: {value!r} is not a value of {config_id}; choose one of {', '.join(allowed)}",
+                f"Invalid params: {value!r} is not a value of {config_id}; "
+                f"choose one of {', '.join(allowed)}",
                 data={"field": "value" if config_id != "mode" else "modeId"},
             )
         update = service.store.update(session_id)

@@ -35,14 +35,18 @@ class EditorListener:
     async def message_chunk(self, message_id: str, text: str) -> None:
         await self._send(
             s.ContentChunk(
-                session_update="agent_message_chunk", content=s.TextContent(text=text), message_id=message_id
+                session_update="agent_message_chunk",
+                content=s.TextContent(text=text),
+                message_id=message_id,
             )
         )
 
     async def thought_chunk(self, message_id: str, text: str) -> None:
         await self._send(
             s.ContentChunk(
-                session_update="agent_thought_chunk", content=s.TextContent(text=text), message_id=message_id
+                session_update="agent_thought_chunk",
+                content=s.TextContent(text=text),
+                message_id=message_id,
             )
         )
 
@@ -57,7 +61,11 @@ class EditorListener:
 
     async def request_permission(self, data: dict[str, Any]) -> Decision:
         tool_call = s.ToolCallUpdate.model_validate(
-            {k: v for k, v in data.items() if k in ("toolCallId", "title", "kind", "status", "rawInput", "locations")}
+            {
+                k: v
+                for k, v in data.items()
+                if k in ("toolCallId", "title", "kind", "status", "rawInput", "locations")
+            }
         )
         tool_call.session_update = None
         request = s.RequestPermissionRequest(
@@ -65,9 +73,13 @@ class EditorListener:
             tool_call=tool_call,
             options=[
                 s.PermissionOption(option_id="allow_once", name="Allow once", kind="allow_once"),
-                s.PermissionOption(option_id="allow_always", name="Always allow", kind="allow_always"),
+                s.PermissionOption(
+                    option_id="allow_always", name="Always allow", kind="allow_always"
+                ),
                 s.PermissionOption(option_id="reject_once", name="Reject", kind="reject_once"),
-                s.PermissionOption(option_id="reject_always", name="Always reject", kind="reject_always"),
+                s.PermissionOption(
+                    option_id="reject_always", name="Always reject", kind="reject_always"
+                ),
             ],
         )
         try:
@@ -86,7 +98,17 @@ def tool_call_start(data: dict[str, Any]) -> s.ToolCallStart:
     fields = {
         k: v
         for k, v in data.items()
-        if k in ("toolCallId", "title", "kind", "status", "rawInput", "rawOutput", "content", "locations")
+        if k
+        in (
+            "toolCallId",
+            "title",
+            "kind",
+            "status",
+            "rawInput",
+            "rawOutput",
+            "content",
+            "locations",
+        )
     }
     return s.ToolCallStart.model_validate(fields)
 
@@ -105,7 +127,9 @@ class EditorBridge:
         except PeerError as exc:
             raise ClientRequestFailed(f"the editor could not {method}: {exc.message}") from None
 
-    async def read_text_file(self, path: str, line: int | None = None, limit: int | None = None) -> str:
+    async def read_text_file(
+        self, path: str, line: int | None = None, limit: int | None = None
+    ) -> str:
         params: dict[str, Any] = {"path": path}
         if line is not None:
             params["line"] = line

@@ -5,7 +5,7 @@ Items carry their original messageIds; tool calls are sent once, in their final 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from acp_server.protocol import schema as s
 from acp_server.protocol.client import send_update, tool_call_start
@@ -18,12 +18,18 @@ def updates_for(item: Item) -> list[s.AcpModel]:
     if item.kind == ItemKind.USER:
         return [
             s.ContentChunk.model_validate(
-                {"sessionUpdate": "user_message_chunk", "content": block, "messageId": item.message_id}
+                {
+                    "sessionUpdate": "user_message_chunk",
+                    "content": block,
+                    "messageId": item.message_id,
+                }
             )
             for block in data.get("content", [])
         ]
     if item.kind in (ItemKind.AGENT, ItemKind.THOUGHT):
-        kind = "agent_message_chunk" if item.kind == ItemKind.AGENT else "agent_thought_chunk"
+        kind: Literal["agent_message_chunk", "agent_thought_chunk"] = (
+            "agent_message_chunk" if item.kind == ItemKind.AGENT else "agent_thought_chunk"
+        )
         return [
             s.ContentChunk(
                 session_update=kind,
@@ -34,7 +40,9 @@ def updates_for(item: Item) -> list[s.AcpModel]:
     if item.kind == ItemKind.TOOL_CALL:
         final = dict(data)
         if "content" not in final and final.get("result"):
-            final["content"] = [{"type": "content", "content": {"type": "text", "text": final["result"]}}]
+            final["content"] = [
+                {"type": "content", "content": {"type": "text", "text": final["result"]}}
+            ]
         return [tool_call_start(final)]
     if item.kind == ItemKind.PLAN:
         return [s.Plan.model_validate({"entries": data.get("entries", [])})]

@@ -110,7 +110,8 @@ class SessionService:
             parent_id=parent_id,
             cwd=check_directory(cwd, "cwd"),
             additional_directories=[
-                check_directory(path, "additionalDirectories entry") for path in additional_directories
+                check_directory(path, "additionalDirectories entry")
+                for path in additional_directories
             ],
             mcp_servers=scrub_mcp_servers(mcp_servers),
             provider=provider,
@@ -140,14 +141,17 @@ class SessionService:
         await self.store.repair_session(session_id)
         if additional_directories is not None:
             directories = [
-                check_directory(path, "additionalDirectories entry") for path in additional_directories
+                check_directory(path, "additionalDirectories entry")
+                for path in additional_directories
             ]
             if directories != record.additional_directories:
                 await self.store.update(session_id).additional_directories(directories).apply()
                 record.additional_directories = directories
         return record
 
-    async def fork(self, source_id: str, *, cwd: str, additional_directories: list[str] | None) -> SessionRecord:
+    async def fork(
+        self, source_id: str, *, cwd: str, additional_directories: list[str] | None
+    ) -> SessionRecord:
         source = await self.get(source_id)
         await self.store.repair_session(source_id)
         record = source.model_copy(
@@ -173,7 +177,7 @@ class SessionService:
     async def delete(self, session_id: str) -> None:
         await self.store.delete_session(session_id)
 
-    async def list(
+    async def list_page(
         self, *, cwd: str | None, cursor: str | None, limit: int = PAGE_SIZE
     ) -> tuple[list[SessionRecord], str | None]:
         if cwd is not None and not os.path.isabs(cwd):

@@ -81,7 +81,9 @@ def _adapt(handler: Handler) -> Callable[..., Awaitable[Result]]:
         try:
             result = await handler(ctx, params)
         except errors.RpcError as exc:
-            raise JsonRpcError(exc.code, exc.message, NODATA if exc.data is None else exc.data) from None
+            raise JsonRpcError(
+                exc.code, exc.message, NODATA if exc.data is None else exc.data
+            ) from None
         except Exception:
             log.exception("request failed", method=ctx.method, request_id=ctx.request_id)
             raise JsonRpcError(
@@ -111,7 +113,8 @@ def _envelope_problem(message: dict[str, Any]) -> str | None:
     if not isinstance(message.get("method"), str):
         return 'Invalid request: "method" must be a string'
     if "id" in message and not (
-        message["id"] is None or isinstance(message["id"], str | int) and not isinstance(message["id"], bool)
+        message["id"] is None
+        or (isinstance(message["id"], str | int) and not isinstance(message["id"], bool))
     ):
         return 'Invalid request: "id" must be a string, a number or null'
     if "params" in message and not isinstance(message["params"], dict | list):
@@ -127,6 +130,7 @@ class Connection:
         self._waiters: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        self._drained = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
     # ---- sending --------------------------------------------------------------------
@@ -134,7 +138,13 @@ class Connection:
     async def notify(self, method: str, params: Mapping[str, Any] | bytes) -> None:
         """Send a notification; ``params`` may be pre-serialized JSON (the hot path)."""
         if isinstance(params, bytes):
-            data = b'{"jsonrpc":"2.0","method":' + orjson.dumps(method) + b',"params":' + params + b"}\n"
+            data = (
+                b'{"jsonrpc":"2.0","method":'
+                + orjson.dumps(method)
+                + b',"params":'
+                + params
+                + b"}\n"
+            )
         else:
             data = _encode({"jsonrpc": "2.0", "method": method, "params": params})
         await self._channel.write(data)
@@ -201,9 +211,9 @@ class Connection:
                 waiter.event.set()
             if on_eof is not None:
                 await on_eof()
-            with anyio.move_on_after(drain_seconds):
-                while self._inflight:
-                    await anyio.sleep(0.01)
+            if self._inflight:
+                with anyio.move_on_after(drain_seconds):
+                    await self._drained.wait()
             tg.cancel_scope.cancel()
 
     def _channel_limit(self) -> int:
@@ -219,12 +229,18 @@ class Connection:
             return
         if isinstance(message, list):
             await self._channel.write(
-                _error(None, errors.INVALID_REQUEST, "Invalid request: batches are not supported by ACP")
+                _error(
+                    None,
+                    errors.INVALID_REQUEST,
+                    "Invalid request: batches are not supported by ACP",
+                )
             )
             return
         if not isinstance(message, dict):
             await self._channel.write(
-                _error(None, errors.INVALID_REQUEST, "Invalid request: a message must be a JSON object")
+                _error(
+                    None, errors.INVALID_REQUEST, "Invalid request: a message must be a JSON object"
+                )
             )
             return
         if "method" not in message and ("result" in message or "error" in message):
@@ -241,7 +257,11 @@ class Connection:
             return
         if request_id in self._inflight:
             await self._channel.write(
-                _error(request_id, errors.INVALID_REQUEST, f"Invalid request: id {request_id!r} is already in use")
+                _error(
+                    request_id,
+                    errors.INVALID_REQUEST,
+                    f"Invalid request: id {request_id!r} is already in use",
+                )
             )
             return
         scope = self._inflight[request_id] = anyio.CancelScope()
@@ -270,15 +290,21 @@ class Connection:
         assert self._tg is not None
         self._tg.start_soon(self._dispatch, message, None)
 
-    async def _run_request(self, message: dict[str, Any], request_id: RequestId, scope: anyio.CancelScope) -> None:
+    async def _run_request(
+        self, message: dict[str, Any], request_id: RequestId, scope: anyio.CancelScope
+    ) -> None:
         ctx: RequestContext | None = None
         try:
             with scope:
                 ctx = await self._dispatch(message, request_id)
         finally:
             self._inflight.pop(request_id, None)
+            if self._closed and not self._inflight:
+                self._drained.set()
         if scope.cancelled_caught:
-            await self._channel.write(_error(request_id, errors.REQUEST_CANCELLED, "Request cancelled"))
+            await self._channel.write(
+                _error(request_id, errors.REQUEST_CANCELLED, "Request cancelled")
+            )
         if ctx is not None:
             for callback in ctx.after_response:
                 await callback()
@@ -290,7 +316,7 @@ class Connection:
             self._methods,
             context=ctx,
             deserializer=lambda _: message,
-            validator=lambda _: None,
+            validator=lambda request: request,
         )
         if isinstance(response, SuccessResponse | ErrorResponse):  # pragma: no cover
             raise TypeError("jsonrpcserver returned an unwrapped response")
