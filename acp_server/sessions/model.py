@@ -13,7 +13,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def now_ms() -> int:
@@ -48,7 +48,13 @@ class TurnStatus(StrEnum):
     INTERRUPTED = "interrupted"  # found running after a crash; repaired on load
 
 
-class Usage(BaseModel):
+class _Record(BaseModel):
+    """Built on first use, not at import: start-up only pays for what it touches."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Usage(_Record):
     """Token usage of one model call or one turn."""
 
     input_tokens: int = 0
@@ -71,7 +77,7 @@ class Usage(BaseModel):
         )
 
 
-class SessionRecord(BaseModel):
+class SessionRecord(_Record):
     """One row of ``sessions``: everything about a session except its conversation."""
 
     id: str
@@ -102,7 +108,7 @@ class SessionRecord(BaseModel):
     last_activity_at: int = Field(default_factory=now_ms)
 
 
-class NewItem(BaseModel):
+class NewItem(_Record):
     """An item about to be appended; the store assigns ``seq`` and ``created_at``."""
 
     kind: ItemKind
@@ -121,7 +127,7 @@ class Item(NewItem):
     created_at: int
 
 
-class Turn(BaseModel):
+class Turn(_Record):
     """One row of ``chat_tasks``: one prompt turn."""
 
     id: str
