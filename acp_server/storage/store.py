@@ -1,0 +1,858 @@
+"""SessionStore: the one object the rest of the server uses to keep sessions in SQL.
+
+Each method is one short transaction. Counters change with ``col = col + :x`` in SQL,
+never read-modify-write, so concurrent turns and processes lose nothing. Items are an
+append-only log numbered by ``seq``; each append commits at once, so a message that has
+completed survives a crash. Memory mode is the same code on an in-memory SQLite database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Self
+
+import anyio
+from sqlalchemy import (
+    Row,
+    Table,
+    Text,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from acp_server.sessions.model import (
+    LISTED_TYPES,
+    TOOL_FINAL_STATUSES,
+    Item,
+    ItemKind,
+    NewItem,
+    SessionRecord,
+    SessionType,
+    Turn,
+    TurnStatus,
+    Usage,
+    now_ms,
+)
+from acp_server.storage import tables
+from acp_server.storage.engine import (
+    DatabaseConfigError,
+    check_connection,
+    create_engine,
+    is_memory,
+    memory_url,
+    normalize_url,
+    redact,
+)
+from acp_server.storage.migrate import upgrade
+
+INTERRUPTED_RESULT = "interrupted: the server stopped before this tool finished"
+APPEND_ATTEMPTS = 5
+WRITE_TIMEOUT_S = 60
+
+S = tables.sessions
+T = tables.turns
+I = tables.items  # noqa: E741
+X = tables.extension_state
+F = tables.feedback
+
+ITEM_COLUMNS = (
+    I.c.seq,
+    I.c.turn_id,
+    I.c.kind,
+    I.c.message_id,
+    I.c.data,
+    I.c.user_visible,
+    I.c.agent_visible,
+    I.c.created_at,
+)
+
+
+@dataclass(frozen=True)
+class ListKey:
+    """Where a session listing page ended: the last row's sort key."""
+
+    updated_at: int
+    id: str
+
+
+class SessionNotFoundError(LookupError):
+    """The session does not exist (never did, or was deleted meanwhile)."""
+
+
+class SessionStore:
+    """Sessions, their items, turns, extension state and feedback, on any backend."""
+
+    backend: str
+    """One of "sqlite", "memory", "postgresql", "mysql"."""
+    url_redacted: str
+    """The database URL without its password, for messages and logs."""
+
+    def __init__(self, engine: AsyncEngine, *, backend: str, url_redacted: str) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.url_redacted = url_redacted
+        # One shared in-memory connection cannot hold two transactions at once.
+        self._serial: AbstractAsyncContextManager[Any] = (
+            anyio.Lock() if backend == "memory" else nullcontext()
+        )
+
+    @classmethod
+    async def open(
+        cls, url: str | None, *, memory: bool = False, migrate: bool = True
+    ) -> SessionStore:
+        """Connect, check the database answers, and bring its schema up to date."""
+        if memory:
+            sa_url = memory_url()
+        elif url is None:
+            raise DatabaseConfigError(
+                "no database URL given; pass --database-url / ACP_SERVER_DATABASE_URL "
+                "or use memory mode"
+            )
+        else:
+            sa_url = normalize_url(url)
+        in_memory = is_memory(sa_url)
+        engine = create_engine(sa_url)
+        try:
+            await check_connection(engine, sa_url)
+            if in_memory:
+                async with engine.begin() as conn:
+                    await conn.run_sync(tables.metadata.create_all)
+            elif migrate:
+                await upgrade(engine)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await engine.dispose()
+            raise
+        backend = "memory" if in_memory else sa_url.get_backend_name()
+        return cls(engine, backend=backend, url_redacted=redact(sa_url))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that, once started, finishes even if the caller is
+        cancelled (a cancelled turn still keeps what it completed)."""
+        async with self._serial:
+            with anyio.fail_after(WRITE_TIMEOUT_S, shield=True):
+                async with self.engine.begin() as conn:
+                    yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._serial, self.engine.connect() as conn:
+            yield conn
+
+    # sessions
+
+    async def create_session(self, record: SessionRecord) -> None:
+        async with self._begin() as conn:
+            await conn.execute(insert(S).values(session_values(record)))
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(S).where(S.c.id == session_id))).first()
+        return None if row is None else _record(row)
+
+    def update(self, session_id: str) -> SessionUpdate:
+        """Start a partial update; only the fields named on the builder change."""
+        return SessionUpdate(self, session_id)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Hard delete; items, turns, state, feedback and subagent/hidden descendants go
+        with it. Forks are sessions of their own: they stay, their parent link cleared."""
+        async with self._begin() as conn:
+            doomed, frontier = [session_id], [session_id]
+            while frontier:
+                children = await conn.execute(
+                    select(S.c.id).where(
+                        S.c.parent_id.in_(frontier), S.c.type != SessionType.USER.value
+                    )
+                )
+                frontier = [row[0] for row in children if row[0] not in doomed]
+                doomed += frontier
+            result = await conn.execute(delete(S).where(S.c.id.in_(doomed)))
+        return result.rowcount > 0
+
+    async def list_sessions(
+        self,
+        *,
+        cwd: str | None = None,
+        types: tuple[SessionType, ...] = LISTED_TYPES,
+        after: ListKey | None = None,
+        limit: int = 50,
+    ) -> tuple[list[SessionRecord], ListKey | None]:
+        """Newest first, keyset-paged on an index; the key is None on the last page."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if not types:
+            return [], None
+        query = _session_filter(select(S), cwd, types)
+        if after is not None:
+            query = query.where(
+                S.c.updated_at <= after.updated_at,
+                or_(S.c.updated_at < after.updated_at, S.c.id < after.id),
+            )
+        query = query.order_by(S.c.updated_at.desc(), S.c.id.desc()).limit(limit + 1)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        page = [_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return page, ListKey(page[-1].updated_at, page[-1].id) if more else None
+
+    async def count_sessions(
+        self, *, cwd: str | None = None, types: tuple[SessionType, ...] = LISTED_TYPES
+    ) -> int:
+        if not types:
+            return 0
+        query = _session_filter(select(func.count()).select_from(S), cwd, types)
+        async with self._read() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def list_children(self, parent_id: str) -> list[SessionRecord]:
+        """Sessions whose parent is ``parent_id`` (subagents), oldest first."""
+        query = select(S).where(S.c.parent_id == parent_id).order_by(S.c.created_at, S.c.id)
+        async with self._read() as conn:
+            return [_record(row) for row in (await conn.execute(query)).all()]
+
+    async def add_usage(self, session_id: str, usage: Usage, context_tokens: int) -> None:
+        """Add one model call's usage; ``context_tokens`` replaces the last call's size."""
+        stmt = (
+            update(S)
+            .where(S.c.id == session_id)
+            .values(
+                input_tokens=S.c.input_tokens + usage.input_tokens,
+                output_tokens=S.c.output_tokens + usage.output_tokens,
+                cached_tokens=S.c.cached_tokens + usage.cached_read_tokens,
+                cost=S.c.cost + usage.cost,
+                context_tokens=context_tokens,
+            )
+        )
+        async with self._begin() as conn:
+            await conn.execute(stmt)
+
+    # items
+
+    async def append_item(self, session_id: str, item: NewItem) -> Item:
+        """Append and commit. Locking the session row first orders concurrent appenders;
+        a duplicate ``seq`` (another writer won a race anyway) is retried."""
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                return await self._append_once(session_id, item)
+            except IntegrityError:
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _append_once(self, session_id: str, item: NewItem) -> Item:
+        now = now_ms()
+        async with self._begin() as conn:
+            bumped = await conn.execute(
+                update(S)
+                .where(S.c.id == session_id)
+                .values(
+                    message_count=S.c.message_count + 1,
+                    updated_at=now,
+                    last_activity_at=now,
+                )
+            )
+            if bumped.rowcount == 0:
+                raise SessionNotFoundError(session_id)
+            seq = await conn.scalar(
+                select(func.coalesce(func.max(I.c.seq), 0) + 1).where(I.c.session_id == session_id)
+            )
+            await conn.execute(
+                insert(I).values(
+                    session_id=session_id,
+                    seq=seq,
+                    turn_id=item.turn_id,
+                    kind=item.kind.value,
+                    message_id=item.message_id,
+                    data=item.data,
+                    user_visible=item.user_visible,
+                    agent_visible=item.agent_visible,
+                    created_at=now,
+                )
+            )
+        return Item.model_construct(
+            session_id=session_id,
+            seq=int(seq or 0),
+            created_at=now,
+            kind=item.kind,
+            message_id=item.message_id,
+            data=item.data,
+            turn_id=item.turn_id,
+            user_visible=item.user_visible,
+            agent_visible=item.agent_visible,
+        )
+
+    async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None:
+        """Replace an item's data, e.g. a tool call reaching its final state."""
+        stmt = update(I).where(I.c.session_id == session_id, I.c.seq == seq).values(data=data)
+        async with self._begin() as conn:
+            await conn.execute(stmt)
+
+    async def hide_from_agent(self, session_id: str, *, through_seq: int) -> int:
+        """Compaction: items up to ``through_seq`` leave the model's context, not the
+        user's transcript. Returns how many items changed."""
+        stmt = (
+            update(I)
+            .where(I.c.session_id == session_id, I.c.seq <= through_seq, I.c.agent_visible)
+            .values(agent_visible=False)
+        )
+        async with self._begin() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+    async def load_items(
+        self,
+        session_id: str,
+        *,
+        user_visible: bool | None = None,
+        agent_visible: bool | None = None,
+    ) -> list[Item]:
+        """The conversation in ``seq`` order, optionally only what the user or the model
+        sees."""
+        query = select(*ITEM_COLUMNS).where(I.c.session_id == session_id)
+        if user_visible is not None:
+            query = query.where(I.c.user_visible == user_visible)
+        if agent_visible is not None:
+            query = query.where(I.c.agent_visible == agent_visible)
+        async with self._read() as conn:
+            rows = (await conn.execute(query.order_by(I.c.seq))).all()
+        construct = Item.model_construct
+        return [
+            construct(
+                session_id=session_id,
+                seq=seq,
+                turn_id=turn_id,
+                kind=ItemKind(kind),
+                message_id=message_id,
+                data=data,
+                user_visible=bool(user),
+                agent_visible=bool(agent),
+                created_at=created_at,
+            )
+            for seq, turn_id, kind, message_id, data, user, agent, created_at in rows
+        ]
+
+    # turns
+
+    async def start_turn(self, turn: Turn) -> None:
+        async with self._begin() as conn:
+            await conn.execute(insert(T).values(id=turn.id, **_turn_values(turn)))
+
+    async def finish_turn(self, turn: Turn) -> None:
+        """Record how the turn ended; ``finished_at`` defaults to now."""
+        values = _turn_values(turn)
+        values["finished_at"] = turn.finished_at or now_ms()
+        del values["session_id"], values["started_at"]
+        async with self._begin() as conn:
+            await conn.execute(update(T).where(T.c.id == turn.id).values(values))
+
+    async def list_turns(self, session_id: str) -> list[Turn]:
+        query = select(T).where(T.c.session_id == session_id).order_by(T.c.started_at, T.c.id)
+        async with self._read() as conn:
+            return [_turn(row) for row in (await conn.execute(query)).all()]
+
+    async def repair_session(self, session_id: str) -> int:
+        """Crash repair on load: running turns become interrupted and unfinished tool
+        calls fail, so a resumed session never carries a dangling call. Idempotent;
+        returns how many turns and items it changed."""
+        now = now_ms()
+        async with self._begin() as conn:
+            turns = await conn.execute(
+                update(T)
+                .where(T.c.session_id == session_id, T.c.status == TurnStatus.RUNNING.value)
+                .values(status=TurnStatus.INTERRUPTED.value, finished_at=now)
+            )
+            calls = await conn.execute(
+                select(I.c.seq, I.c.data).where(
+                    I.c.session_id == session_id, I.c.kind == ItemKind.TOOL_CALL.value
+                )
+            )
+            fixes = [
+                {"b_seq": seq, "b_data": _interrupted(data)}
+                for seq, data in calls.all()
+                if data.get("status") not in TOOL_FINAL_STATUSES
+            ]
+            if fixes:
+                await conn.execute(
+                    update(I)
+                    .where(I.c.session_id == session_id, I.c.seq == bindparam("b_seq"))
+                    .values(data=bindparam("b_data", type_=I.c.data.type)),
+                    fixes,
+                )
+        return turns.rowcount + len(fixes)
+
+    # fork
+
+    async def fork_session(self, source_id: str, new: SessionRecord) -> None:
+        """Create ``new`` holding a copy of every item (and the extension state) of
+        ``source_id``, in one transaction. Turns stay with the source."""
+        copy_items = insert(I).from_select(
+            [c.name for c in I.c],
+            select(*(_forked(c, new.id) for c in I.c)).where(I.c.session_id == source_id),
+        )
+        copy_state = insert(X).from_select(
+            [c.name for c in X.c],
+            select(*(_forked(c, new.id) for c in X.c)).where(X.c.session_id == source_id),
+        )
+        async with self._begin() as conn:
+            await conn.execute(insert(S).values(session_values(new)))
+            if await conn.scalar(select(S.c.id).where(S.c.id == source_id)) is None:
+                raise SessionNotFoundError(source_id)
+            copied = (await conn.execute(copy_items)).rowcount
+            await conn.execute(copy_state)
+            await conn.execute(update(S).where(S.c.id == new.id).values(message_count=copied))
+
+    # extension state
+
+    async def get_extension_state(self, session_id: str) -> dict[str, Any]:
+        query = select(X.c.key, X.c.value).where(X.c.session_id == session_id)
+        async with self._read() as conn:
+            return {key: value for key, value in (await conn.execute(query)).all()}
+
+    async def set_extension_state(self, session_id: str, key: str, value: Any) -> None:
+        """Insert or replace one namespaced, versioned key such as ``todo.v1``."""
+        row = {"session_id": session_id, "key": key, "value": value, "updated_at": now_ms()}
+        async with self._begin() as conn:
+            await conn.execute(_upsert(conn.dialect.name, X, row, ("session_id", "key")))
+
+    async def delete_extension_state(self, session_id: str, key: str) -> bool:
+        stmt = delete(X).where(X.c.session_id == session_id, X.c.key == key)
+        async with self._begin() as conn:
+            return (await conn.execute(stmt)).rowcount > 0
+
+    # feedback
+
+    async def add_feedback(
+        self,
+        *,
+        feedback_id: str,
+        session_id: str,
+        turn_id: str,
+        rating: int,
+        comment: str | None = None,
+        created_at: int | None = None,
+    ) -> None:
+        """A rating (and optional comment) on one turn."""
+        row = {
+            "id": feedback_id,
+            "session_id": session_id,
+            "turn_id": turn_id,
+            "rating": rating,
+            "comment": comment,
+            "created_at": created_at or now_ms(),
+        }
+        async with self._begin() as conn:
+            await conn.execute(insert(F).values(row))
+
+    # retention
+
+    async def delete_turns_before(self, cutoff_ms: int, *, batch_size: int = 500) -> int:
+        """Delete turns started before ``cutoff_ms`` with their items and feedback, one
+        transaction per batch, keeping ``message_count`` right. Returns turns deleted."""
+        deleted = 0
+        while True:
+            async with self._begin() as conn:
+                ids = await _oldest(conn, T, T.c.started_at, cutoff_ms, batch_size)
+                if ids:
+                    in_batch = I.c.turn_id.in_(ids)
+                    lost = select(func.count()).where(I.c.session_id == S.c.id, in_batch)
+                    owners = select(T.c.session_id).where(T.c.id.in_(ids))
+                    await conn.execute(
+                        update(S)
+                        .where(S.c.id.in_(owners))
+                        .values(message_count=S.c.message_count - lost.scalar_subquery())
+                    )
+                    deleted += (await conn.execute(delete(T).where(T.c.id.in_(ids)))).rowcount
+            if len(ids) < batch_size:
+                return deleted
+
+    async def delete_feedback_before(self, cutoff_ms: int, *, batch_size: int = 500) -> int:
+        """Delete feedback older than ``cutoff_ms`` in batches; returns rows deleted."""
+        deleted = 0
+        while True:
+            async with self._begin() as conn:
+                ids = await _oldest(conn, F, F.c.created_at, cutoff_ms, batch_size)
+                if ids:
+                    deleted += (await conn.execute(delete(F).where(F.c.id.in_(ids)))).rowcount
+            if len(ids) < batch_size:
+                return deleted
+
+    # import and insights (``acp-server sessions import`` / ``insights``)
+
+    async def import_session(
+        self,
+        record: SessionRecord,
+        *,
+        turns: Sequence[Turn] = (),
+        items: Sequence[Item] = (),
+        extension_state: dict[str, Any] | None = None,
+    ) -> None:
+        """Write a whole session exactly as given (``seq``, times and counters kept) in
+        one transaction: how an exported session comes back. Ids must be fresh."""
+        async with self._begin() as conn:
+            await conn.execute(insert(S).values(session_values(record)))
+            if turns:
+                rows = [{**_turn_values(t), "id": t.id, "session_id": record.id} for t in turns]
+                await conn.execute(insert(T), rows)
+            if items:
+                await conn.execute(
+                    insert(I),
+                    [
+                        {
+                            "session_id": record.id,
+                            "seq": item.seq,
+                            "turn_id": item.turn_id,
+                            "kind": item.kind.value,
+                            "message_id": item.message_id,
+                            "data": item.data,
+                            "user_visible": item.user_visible,
+                            "agent_visible": item.agent_visible,
+                            "created_at": item.created_at,
+                        }
+                        for item in items
+                    ],
+                )
+            if extension_state:
+                now = now_ms()
+                await conn.execute(
+                    insert(X),
+                    [
+                        {"session_id": record.id, "key": key, "value": value, "updated_at": now}
+                        for key, value in extension_state.items()
+                    ],
+                )
+
+    async def insights(
+        self,
+        *,
+        since_ms: int,
+        utc_offset_ms: int = 0,
+        top: int = 20,
+        types: tuple[SessionType, ...] = LISTED_TYPES,
+    ) -> dict[str, Any]:
+        """Statistics, all computed by the database with GROUP BY (no item is read).
+
+        ``totals``: sessions and messages of ``types``; tokens and cost of every session
+        (a subagent's usage is spent too); turns. ``days``: turns started since
+        ``since_ms`` by day (``day`` = days since the epoch, shifted by
+        ``utc_offset_ms``), with active and new sessions of ``types``. ``models``: turns
+        by provider and model. ``directories``: sessions of ``types`` by cwd. The last
+        two keep the ``top`` largest.
+        """
+        listed = S.c.type.in_([t.value for t in types])
+        day_ms = 86_400_000
+        totals_query = select(
+            func.count(case((listed, 1))),
+            func.sum(case((listed, S.c.message_count), else_=0)),
+            func.sum(S.c.input_tokens),
+            func.sum(S.c.output_tokens),
+            func.sum(S.c.cached_tokens),
+            func.sum(S.c.cost),
+        )
+        turn_rows = (
+            select(
+                ((T.c.started_at + utc_offset_ms) // day_ms).label("day"),
+                T.c.session_id,
+                T.c.provider,
+                T.c.model,
+                T.c.input_tokens,
+                T.c.output_tokens,
+                T.c.cost,
+                listed.label("listed"),
+            )
+            .join_from(T, S, S.c.id == T.c.session_id)
+            .subquery()
+        )
+        r = turn_rows.c
+        turn_sums = (
+            func.count(),
+            func.count(case((r.listed, r.session_id)).distinct()),
+            func.sum(r.input_tokens),
+            func.sum(r.output_tokens),
+            func.sum(r.cost),
+        )
+        since_day = (since_ms + utc_offset_ms) // day_ms
+        days_query = (
+            select(r.day, *turn_sums)
+            .where(r.day >= since_day)
+            .group_by(r.day)
+            .order_by(r.day)
+        )
+        created = (
+            select(((S.c.created_at + utc_offset_ms) // day_ms).label("day"))
+            .where(listed, S.c.created_at >= since_ms)
+            .subquery()
+        )
+        new_query = select(created.c.day, func.count()).group_by(created.c.day)
+        models_query = (
+            select(r.provider, r.model, *turn_sums)
+            .group_by(r.provider, r.model)
+            .order_by(func.count().desc(), r.provider, r.model)
+            .limit(top)
+        )
+        directories_query = (
+            select(
+                func.min(S.c.cwd),
+                func.count(),
+                func.sum(S.c.message_count),
+                func.sum(S.c.input_tokens),
+                func.sum(S.c.output_tokens),
+                func.sum(S.c.cost),
+                func.max(S.c.updated_at),
+            )
+            .where(listed)
+            .group_by(S.c.cwd_hash)
+            .order_by(func.count().desc(), func.max(S.c.updated_at).desc())
+            .limit(top)
+        )
+
+        def sums(values: Sequence[Any]) -> dict[str, Any]:
+            turns, sessions, tokens_in, tokens_out, cost = values
+            return {
+                "turns": int(turns or 0),
+                "sessions": int(sessions or 0),
+                "input_tokens": int(tokens_in or 0),
+                "output_tokens": int(tokens_out or 0),
+                "cost": float(cost or 0),
+            }
+
+        async with self._read() as conn:
+            totals = (await conn.execute(totals_query)).one()
+            turn_count = await conn.scalar(select(func.count()).select_from(T))
+            by_day = {int(row[0]): sums(row[1:]) for row in await conn.execute(days_query)}
+            new = {int(day): int(n) for day, n in (await conn.execute(new_query)).all()}
+            models = (await conn.execute(models_query)).all()
+            directories = (await conn.execute(directories_query)).all()
+        sessions, messages, tokens_in, tokens_out, cached, cost = totals
+        idle = sums((0, 0, 0, 0, 0))
+        return {
+            "totals": {
+                "sessions": int(sessions or 0),
+                "messages": int(messages or 0),
+                "turns": int(turn_count or 0),
+                "input_tokens": int(tokens_in or 0),
+                "output_tokens": int(tokens_out or 0),
+                "cached_tokens": int(cached or 0),
+                "cost": float(cost or 0),
+            },
+            "days": [
+                {"day": day, "new_sessions": new.get(day, 0), **by_day.get(day, idle)}
+                for day in sorted(by_day.keys() | new.keys())
+            ],
+            "models": [
+                {"provider": row[0], "model": row[1], **sums(row[2:])} for row in models
+            ],
+            "directories": [
+                {
+                    "cwd": row[0],
+                    "sessions": int(row[1]),
+                    "messages": int(row[2] or 0),
+                    "input_tokens": int(row[3] or 0),
+                    "output_tokens": int(row[4] or 0),
+                    "cost": float(row[5] or 0),
+                    "last_updated_at": int(row[6] or 0),
+                }
+                for row in directories
+            ],
+        }
+
+
+class SessionUpdate:
+    """Changes to one session, written by ``apply()`` as a single UPDATE.
+
+    A field not named is left alone; naming it with None sets it to NULL.
+    """
+
+    def __init__(self, store: SessionStore, session_id: str) -> None:
+        self._store = store
+        self._session_id = session_id
+        self._values: dict[str, Any] = {}
+        self._touch = True
+
+    def _set(self, **values: Any) -> Self:
+        self._values.update(values)
+        return self
+
+    def title(self, title: str | None, *, by_user: bool = False) -> Self:
+        """A user's title always wins; an automatic one never replaces the user's."""
+        if by_user:
+            return self._set(title=title, title_set_by_user=title is not None)
+        keep_users = case((S.c.title_set_by_user, S.c.title), else_=literal(title, Text))
+        return self._set(title=keep_users)
+
+    def provider(self, provider: str | None) -> Self:
+        return self._set(provider=provider)
+
+    def model(self, model: str | None) -> Self:
+        return self._set(model=model)
+
+    def mode(self, mode: str | None) -> Self:
+        return self._set(mode=mode)
+
+    def cwd(self, cwd: str) -> Self:
+        return self._set(cwd=cwd, cwd_hash=tables.cwd_hash(cwd))
+
+    def config(self, config: dict[str, Any]) -> Self:
+        return self._set(config=config)
+
+    def mcp_servers(self, mcp_servers: list[dict[str, Any]]) -> Self:
+        return self._set(mcp_servers=mcp_servers)
+
+    def additional_directories(self, directories: list[str]) -> Self:
+        return self._set(additional_directories=directories)
+
+    def permission_rules(self, rules: dict[str, str]) -> Self:
+        return self._set(permission_rules=rules)
+
+    def last_activity(self, at_ms: int) -> Self:
+        return self._set(last_activity_at=at_ms)
+
+    def touch(self, touch: bool = True) -> Self:
+        """Whether ``apply()`` also sets ``updated_at`` to now (it does by default)."""
+        self._touch = touch
+        return self
+
+    async def apply(self) -> bool:
+        """Write the changes; False when the session does not exist."""
+        values = dict(self._values)
+        if self._touch:
+            values.setdefault("updated_at", now_ms())
+        if not values:
+            return await self._store.get_session(self._session_id) is not None
+        stmt = update(S).where(S.c.id == self._session_id).values(values)
+        async with self._store._begin() as conn:
+            return (await conn.execute(stmt)).rowcount > 0
+
+
+def session_values(record: SessionRecord) -> dict[str, Any]:
+    """A record as a ``sessions`` row."""
+    values = record.model_dump()
+    values["type"] = record.type.value
+    values["cwd_hash"] = tables.cwd_hash(record.cwd)
+    return values
+
+
+def _record(row: Row[Any]) -> SessionRecord:
+    return SessionRecord.model_validate(dict(row._mapping))
+
+
+def _session_filter(query: Any, cwd: str | None, types: tuple[SessionType, ...]) -> Any:
+    query = query.where(S.c.type.in_([t.value for t in types]))
+    if cwd is not None:
+        query = query.where(S.c.cwd_hash == tables.cwd_hash(cwd), S.c.cwd == cwd)
+    return query
+
+
+def _turn_values(turn: Turn) -> dict[str, Any]:
+    usage = turn.usage
+    return {
+        "session_id": turn.session_id,
+        "status": turn.status.value,
+        "stop_reason": turn.stop_reason,
+        "provider": turn.provider,
+        "model": turn.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_read_tokens": usage.cached_read_tokens,
+        "cached_write_tokens": usage.cached_write_tokens,
+        "thought_tokens": usage.thought_tokens,
+        "cost": usage.cost,
+        "usage_estimated": usage.estimated,
+        "model_calls": turn.model_calls,
+        "error": turn.error,
+        "started_at": turn.started_at,
+        "finished_at": turn.finished_at,
+    }
+
+
+def _turn(row: Row[Any]) -> Turn:
+    r = row._mapping
+    return Turn(
+        id=r["id"],
+        session_id=r["session_id"],
+        status=TurnStatus(r["status"]),
+        stop_reason=r["stop_reason"],
+        provider=r["provider"],
+        model=r["model"],
+        usage=Usage(
+            input_tokens=r["input_tokens"],
+            output_tokens=r["output_tokens"],
+            cached_read_tokens=r["cached_read_tokens"],
+            cached_write_tokens=r["cached_write_tokens"],
+            thought_tokens=r["thought_tokens"],
+            cost=r["cost"],
+            estimated=r["usage_estimated"],
+        ),
+        model_calls=r["model_calls"],
+        error=r["error"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+def _interrupted(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "status": "failed", "result": INTERRUPTED_RESULT, "isError": True}
+
+
+def _forked(column: Any, new_id: str) -> Any:
+    """The value a forked copy takes for ``column``: the new id, no turn, else as is."""
+    if column.name == "session_id":
+        return literal(new_id, tables.ID)
+    if column.name == "turn_id":
+        return null()
+    return column
+
+
+async def _oldest(
+    conn: AsyncConnection, table: Any, when: Any, cutoff_ms: int, limit: int
+) -> Sequence[str]:
+    query = select(table.c.id).where(when < cutoff_ms).order_by(when).limit(limit)
+    return (await conn.execute(query)).scalars().all()
+
+
+def _upsert(dialect: str, table: Table, row: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    """INSERT, or UPDATE the non-key columns when ``keys`` already exist."""
+    changed = [name for name in row if name not in keys]
+    if dialect == "mysql":
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        stmt = mysql_insert(table).values(row)
+        return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in changed})
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(table).values(row)
+        return pg.on_conflict_do_update(
+            index_elements=keys, set_={name: pg.excluded[name] for name in changed}
+        )
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    lite = sqlite_insert(table).values(row)
+    return lite.on_conflict_do_update(
+        index_elements=keys, set_={name: lite.excluded[name] for name in changed}
+    )
