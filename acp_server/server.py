@@ -41,7 +41,8 @@ class _Backend:
         self.service: SessionService | None = None
         self.failure: str | None = None
 
-    async def open(self, on_failure: anyio.CancelScope) -> None:
+    async def open(self, task_group: anyio.abc.TaskGroup) -> None:
+        on_failure = task_group.cancel_scope
         config = self.settings.session_service
         try:
             await anyio.to_thread.run_sync(importlib.import_module, "acp_server.storage.store")
@@ -72,6 +73,10 @@ class _Backend:
                 return
             self.service = SessionService(store)
             log.debug("session store ready", backend=store.backend, url=store.url_redacted)
+            if self.settings.data_retention.enabled:
+                from acp_server.retention import retention_loop
+
+                task_group.start_soon(retention_loop, store, self.settings.data_retention)
         finally:
             self.ready.set()
 
@@ -145,7 +150,7 @@ async def serve(settings: Settings) -> int:
     agent: AcpAgent | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(backend.open, tg.cancel_scope)
+            tg.start_soon(backend.open, tg)
             tg.start_soon(_watch_signals, tg.cancel_scope)
             agent = AcpAgent(
                 settings,
