@@ -283,3 +283,43 @@ async def test_a_broken_mcp_server_is_reported_and_the_session_works(home, works
             if u["sessionUpdate"] == "agent_message_chunk"
         )
         assert "gh" in said and "could not start" in said
+
+
+async def test_resume_restores_the_sessions_mcp_servers_except_those_with_secrets(
+    home, workspace, tmp_path
+):
+    plain = {"name": "alpha", "command": sys.executable, "args": [str(ECHO_SERVER)], "env": []}
+    secret = {
+        "name": "beta",
+        "command": sys.executable,
+        "args": [str(ECHO_SERVER)],
+        "env": [{"name": "TOKEN", "value": "s3cr3t"}],
+    }
+    provider = script(
+        tmp_path,
+        [
+            ["message: first"],
+            ["tool_call: {name: alpha__echo, arguments: {text: back}}", "message: b"],
+        ],
+    )
+    args = ["--database-url", f"sqlite:///{tmp_path / 'm.db'}", "--provider", provider]
+    async with raw_server(args, server_env(home)) as server:
+        await server.request("initialize", INIT)
+        new = {"cwd": str(workspace), "mcpServers": [plain, secret]}
+        sid = (await server.request("session/new", new))["result"]["sessionId"]
+        await server.request("session/prompt", prompt(sid))
+    async with raw_server(args, server_env(home)) as server:
+        await server.request("initialize", INIT)
+        assert "result" in await server.request(
+            "session/resume", {"sessionId": sid, "cwd": str(workspace)}
+        )
+        await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
+        await server.request("session/prompt", prompt(sid))
+        call = final_calls(server, sid)["call_2_1"]
+        assert call["status"] == "completed" and "back" in str(call["content"])
+        said = "".join(
+            u["content"]["text"]
+            for u in server.updates(sid)
+            if u["sessionUpdate"] == "agent_message_chunk"
+        )
+        assert "'beta' was not restarted" in said

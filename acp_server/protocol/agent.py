@@ -188,6 +188,19 @@ class AcpAgent:
         ]
         return s.SessionModeState(current_mode_id=mode, available_modes=MODES), options
 
+    async def _reopen(self, record: SessionRecord, given: list[s.McpServer] | None) -> LiveSession:
+        """Open a stored session with the MCP servers the client sent, or, when it sent
+        none (resume and fork may omit them), the ones the session had."""
+        service = await self._service()
+        if given is not None:
+            servers = self._servers(given)
+            await service.remember_mcp_servers(record, servers)
+            return await self._open(record, servers)
+        servers, problems = service.restorable_mcp_servers(record)
+        live = await self._open(record, servers)
+        self._problems[record.id] = [*problems, *self._problems.get(record.id, [])]
+        return live
+
     async def _open(self, record: SessionRecord, mcp_servers: list[dict[str, Any]]) -> LiveSession:
         """Make a stored session live here: its tools, its MCP processes, its bridge."""
         old = self.live.pop(record.id, None)
@@ -262,7 +275,7 @@ class AcpAgent:
                 record.id,
                 s.SessionInfoUpdate(title=record.title, updated_at=iso(record.updated_at)),
             )
-        await self._open(record, self._servers(request.mcp_servers))
+        await self._reopen(record, request.mcp_servers)
         self._announce(ctx, record.id)
         return self._setup_response(record, with_id=False)
 
@@ -274,7 +287,7 @@ class AcpAgent:
             cwd=request.cwd,
             additional_directories=request.additional_directories,
         )
-        await self._open(record, self._servers(request.mcp_servers))
+        await self._reopen(record, request.mcp_servers)
         self._announce(ctx, record.id)
         return self._setup_response(record, with_id=False)
 
@@ -286,7 +299,7 @@ class AcpAgent:
             cwd=request.cwd,
             additional_directories=request.additional_directories,
         )
-        await self._open(record, self._servers(request.mcp_servers))
+        await self._reopen(record, request.mcp_servers)
         self._announce(ctx, record.id)
         return self._setup_response(record, with_id=True)
 
@@ -336,7 +349,7 @@ class AcpAgent:
         service = await self._service()
         record = await service.get(session_id)
         await service.store.repair_session(session_id)
-        return await self._open(record, [])
+        return await self._reopen(record, None)
 
     def _check_prompt(self, request: s.PromptRequest) -> None:
         images = self.settings.provider.name in IMAGE_PROVIDERS

@@ -149,6 +149,32 @@ class SessionService:
                 record.additional_directories = directories
         return record
 
+    async def remember_mcp_servers(
+        self, record: SessionRecord, servers: list[dict[str, Any]]
+    ) -> None:
+        """A client resent the session's MCP list: store it (scrubbed) as its extensions."""
+        scrubbed = scrub_mcp_servers(servers)
+        if scrubbed != record.mcp_servers:
+            await self.store.update(record.id).mcp_servers(scrubbed).touch(False).apply()
+            record.mcp_servers = scrubbed
+
+    @staticmethod
+    def restorable_mcp_servers(record: SessionRecord) -> tuple[list[dict[str, Any]], list[str]]:
+        """The stored MCP servers that can be restarted as they are, and a sentence for
+        each that cannot (its secrets were never stored)."""
+        restorable, problems = [], []
+        for server in record.mcp_servers:
+            entries = [*server.get("env", []), *server.get("headers", [])]
+            if any(entry.get("value") == _REDACTED for entry in entries):
+                problems.append(
+                    f"MCP server '{server.get('name')}' was not restarted: its secrets are never "
+                    "stored, so the editor must send it again (session/load or session/resume "
+                    "with mcpServers)"
+                )
+            else:
+                restorable.append(server)
+        return restorable, problems
+
     async def fork(
         self, source_id: str, *, cwd: str, additional_directories: list[str] | None
     ) -> SessionRecord:
