@@ -290,3 +290,29 @@ async def test_tool_calls_are_replayed_in_their_final_state(home, workspace, tmp
             < kinds.index("ToolCallStart")
             < kinds.index("AgentPlanUpdate")
         )
+
+
+async def test_a_database_that_goes_away_gets_a_clear_error_and_the_server_keeps_serving(
+    home, workspace, tmp_path
+):
+    from tests.backends import _drop_pg_database, database_url
+
+    with database_url("postgresql", tmp_path) as url:
+        async with raw_server(["--database-url", url], server_env(home)) as server:
+            await server.request("initialize", INIT)
+            sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+                "result"
+            ]["sessionId"]
+            name = url.rsplit("/", 1)[1]
+            await anyio.to_thread.run_sync(_drop_pg_database, name)
+            for method, params in [
+                ("session/list", {}),
+                ("session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "hi"}]}),
+                ("session/new", {"cwd": str(workspace), "mcpServers": []}),
+            ]:
+                reply = await server.request(method, params)
+                assert reply["error"]["code"] == -32603, reply
+                assert "not answering" in reply["error"]["message"], reply
+                assert "check that the database is running" in reply["error"]["message"]
+            assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
+        assert server.process.returncode == 0

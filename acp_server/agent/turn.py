@@ -183,17 +183,24 @@ class TurnRunner:
         ]
         stop: StopReason = "cancelled"
         status = TurnStatus.CANCELLED
-        with anyio.CancelScope() as scope:
-            live.turn_scope = scope
-            try:
-                stop = await self._loop()
-                status = TurnStatus.COMPLETED
-            except ProviderError as exc:
-                await self._finish_segment()
-                await self._say_problem(exc.message)
-                self.turn.error = exc.message
-                stop, status = "end_turn", TurnStatus.FAILED
-        live.turn_scope = None
+        try:
+            with anyio.CancelScope() as scope:
+                live.turn_scope = scope
+                try:
+                    stop = await self._loop()
+                    status = TurnStatus.COMPLETED
+                except ProviderError as exc:
+                    await self._finish_segment()
+                    await self._say_problem(exc.message)
+                    self.turn.error = exc.message
+                    stop, status = "end_turn", TurnStatus.FAILED
+        except Exception:
+            # Storage failed under us: what was stored is repaired on the next load;
+            # the in-memory history is dropped so it is rebuilt from what was stored.
+            live.history = None
+            raise
+        finally:
+            live.turn_scope = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             await self._finish_segment()
             self._close_assistant()

@@ -25,7 +25,7 @@ from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
 from acp_server.protocol.client import EditorBridge, EditorListener, send_update
 from acp_server.protocol.replay import replay_items
-from acp_server.sessions.model import SessionRecord
+from acp_server.sessions.model import SessionRecord, StoreUnavailable
 from acp_server.sessions.service import SessionService
 from acp_server.transport.rpc import Connection, Handler, RequestContext
 
@@ -99,6 +99,9 @@ class AcpAgent:
         self._problems: dict[str, list[str]] = {}
 
     def handlers(self) -> dict[str, Handler]:
+        return {name: _storage_errors(handler) for name, handler in self._routes().items()}
+
+    def _routes(self) -> dict[str, Handler]:
         return {
             "initialize": self.initialize,
             "authenticate": self.authenticate,
@@ -580,6 +583,19 @@ class AcpAgent:
         for live in list(self.live.values()):
             await self._shut(live)
         self.live.clear()
+
+
+def _storage_errors(handler: Handler) -> Handler:
+    """A database that went away is a plain -32603 for this request, not a crash."""
+
+    async def guarded(ctx: RequestContext, params: dict[str, Any]) -> Any:
+        try:
+            return await handler(ctx, params)
+        except StoreUnavailable as exc:
+            log.warning("session database unavailable", method=ctx.method, error=str(exc))
+            raise errors.InternalError(str(exc)) from None
+
+    return guarded
 
 
 def _command(blocks: list[dict[str, Any]]) -> tuple[str, str] | None:

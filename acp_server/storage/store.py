@@ -8,8 +8,8 @@ completed survives a crash. Memory mode is the same code on an in-memory SQLite 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -29,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from acp_server.sessions.model import (
@@ -40,6 +40,7 @@ from acp_server.sessions.model import (
     NewItem,
     SessionRecord,
     SessionType,
+    StoreUnavailable,
     Turn,
     TurnStatus,
     Usage,
@@ -156,14 +157,33 @@ class SessionStore:
         """A write transaction that, once started, finishes even if the caller is
         cancelled (a cancelled turn still keeps what it completed)."""
         async with self._serial:
-            with anyio.fail_after(WRITE_TIMEOUT_S, shield=True):
+            with anyio.fail_after(WRITE_TIMEOUT_S, shield=True), self._unavailable():
                 async with self.engine.begin() as conn:
                     yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._serial, self.engine.connect() as conn:
-            yield conn
+        async with self._serial:
+            with self._unavailable():
+                async with self.engine.connect() as conn:
+                    yield conn
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A database that stops answering becomes one plain line (``StoreUnavailable``);
+        constraint violations stay what they are, for the callers that retry on them."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            detail = (
+                str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+            )[0]
+            raise StoreUnavailable(
+                f"the session database {self.url_redacted} is not answering ({detail[:200]}); "
+                "the request was not completed; check that the database is running"
+            ) from exc
 
     # sessions
 
@@ -598,10 +618,7 @@ class SessionStore:
         )
         since_day = (since_ms + utc_offset_ms) // day_ms
         days_query = (
-            select(r.day, *turn_sums)
-            .where(r.day >= since_day)
-            .group_by(r.day)
-            .order_by(r.day)
+            select(r.day, *turn_sums).where(r.day >= since_day).group_by(r.day).order_by(r.day)
         )
         created = (
             select(((S.c.created_at + utc_offset_ms) // day_ms).label("day"))
@@ -664,9 +681,7 @@ class SessionStore:
                 {"day": day, "new_sessions": new.get(day, 0), **by_day.get(day, idle)}
                 for day in sorted(by_day.keys() | new.keys())
             ],
-            "models": [
-                {"provider": row[0], "model": row[1], **sums(row[2:])} for row in models
-            ],
+            "models": [{"provider": row[0], "model": row[1], **sums(row[2:])} for row in models],
             "directories": [
                 {
                     "cwd": row[0],
