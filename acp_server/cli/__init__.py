@@ -127,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(flags_of(args), config_file=getattr(args, "config", None))
     except ConfigError as exc:
+        if command == "doctor":
+            print(f"✗ configuration: {exc}")
+            return 1
         print(f"acp-server: {exc}", file=sys.stderr)
         return 2
 

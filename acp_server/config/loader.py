@@ -34,6 +34,16 @@ ENVIRONMENT: dict[str, str] = {
     "DATA_RETENTION_CLEANUP_HOURS": "data_retention.cleanup_interval_hours",
 }
 
+# dotted settings path -> the command-line flag that sets it
+FLAGS: dict[str, str] = {
+    "session_service.type": "--memory",
+    "session_service.database_url": "--database-url",
+    "provider.name": "--provider",
+    "provider.model": "--model",
+    "logging.level": "--log-level",
+    "logging.format": "--log-format",
+}
+
 # Endpoint variables apply only to their own provider.
 PROVIDER_ENVIRONMENT: dict[str, dict[str, str]] = {
     "openai": {"OPENAI_BASE_URL": "base_url", "OPENAI_API_KEY": "api_key"},
@@ -169,7 +179,7 @@ def load_settings(
             origins[dotted] = f"environment variable {name}"
     for dotted, value in flags.items():
         _set(tree, dotted, value)
-        origins[dotted] = f"--{dotted.split('.')[-1].replace('_', '-')}"
+        origins[dotted] = FLAGS.get(dotted, f"--{dotted.split('.')[-1].replace('_', '-')}")
 
     provider = _get(tree, "provider.name")
     if provider is None:
