@@ -17,6 +17,7 @@ import anyio.abc
 from pydantic import ValidationError
 
 from acp_server import __version__, errors
+from acp_server.agent.history import model_messages
 from acp_server.agent.providers.base import Provider
 from acp_server.agent.titles import generate_title
 from acp_server.agent.turn import LiveSession, StopReason, TurnConfig, TurnRunner
@@ -399,8 +400,6 @@ class AcpAgent:
             await listener.message_chunk(f"notice-{live.id}", f"⚠️ {problem}\n\n")
         provider = self._provider()
         if live.history is None:
-            from acp_server.agent.history import model_messages
-
             live.history = model_messages(
                 await service.items(live.id, for_model=True), images=provider.supports_images
             )

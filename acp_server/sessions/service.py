@@ -25,7 +25,6 @@ from acp_server.sessions.model import (
     SessionRecord,
     SessionType,
     Turn,
-    Usage,
     now_ms,
 )
 
@@ -232,6 +231,3 @@ class SessionService:
     async def finish_turn(self, turn: Turn, context_tokens: int) -> None:
         await self.store.finish_turn(turn)
         await self.store.add_usage(turn.session_id, turn.usage, context_tokens)
-
-    async def record_usage(self, session_id: str, usage: Usage, context_tokens: int) -> None:
-        await self.store.add_usage(session_id, usage, context_tokens)

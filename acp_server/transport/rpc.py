@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import orjson
 from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_response
-from jsonrpcserver.response import ErrorResponse, SuccessResponse
+from jsonrpcserver.response import SuccessResponse
 from jsonrpcserver.result import Result
 from jsonrpcserver.sentinels import NODATA
 
@@ -201,7 +201,7 @@ class Connection:
                             None,
                             errors.INVALID_REQUEST,
                             f"Invalid request: message of {line.size} bytes exceeds the "
-                            f"limit of {self._channel_limit()} bytes",
+                            f"limit of {self._channel.max_line_bytes} bytes",
                         )
                     )
                     continue
@@ -215,9 +215,6 @@ class Connection:
                 with anyio.move_on_after(drain_seconds):
                     await self._drained.wait()
             tg.cancel_scope.cancel()
-
-    def _channel_limit(self) -> int:
-        return self._channel._max
 
     async def _receive(self, line: bytes, tg: anyio.abc.TaskGroup) -> None:
         if not line.strip():
@@ -318,8 +315,6 @@ class Connection:
             deserializer=lambda _: message,
             validator=lambda request: request,
         )
-        if isinstance(response, SuccessResponse | ErrorResponse):  # pragma: no cover
-            raise TypeError("jsonrpcserver returned an unwrapped response")
         if response is not None:
             await self._channel.write(_encode(_response_dict(response)))
         return ctx

@@ -43,6 +43,10 @@ class StdioChannel:
                 self._saved[fd] = os.get_blocking(fd)
                 os.set_blocking(fd, False)
 
+    @property
+    def max_line_bytes(self) -> int:
+        return self._max
+
     async def lines(self) -> AsyncIterator[bytes | Oversized]:
         """Yield each line (without its newline) until EOF."""
         pending = bytearray()
