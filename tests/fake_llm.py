@@ -164,6 +164,8 @@ class FakeLLM:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 512
+    """socketserver's default backlog of 5 resets clients when many connect at once."""
     fake: FakeLLM
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -173,6 +175,10 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 60
+    disable_nagle_algorithm = True
+    """http.server writes headers and events separately; with Nagle on, a write that
+    waits for the previous one's ACK meets the client's delayed ACK and the reply
+    stalls ~40 ms at random, a cost of the fake, not of the code under test."""
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

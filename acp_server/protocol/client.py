@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+import orjson
 
 from acp_server.agent.tools.base import ExitStatus, ToolError
 from acp_server.agent.turn import Decision
@@ -24,6 +26,25 @@ async def send_update(connection: Connection, session_id: str, update: s.AcpMode
     await connection.notify("session/update", note.wire_json())
 
 
+ChunkKind = Literal["user_message_chunk", "agent_message_chunk", "agent_thought_chunk"]
+
+
+def text_chunk(session_id: str, kind: ChunkKind, text: str, message_id: str) -> bytes:
+    """``SessionNotification`` params of a text ``ContentChunk``, serialized directly:
+    the streaming hot path, one per token, where building models costs more than the
+    rest of the turn. The shape is ``schema.ContentChunk``'s; the tests validate it."""
+    return orjson.dumps(
+        {
+            "sessionId": session_id,
+            "update": {
+                "sessionUpdate": kind,
+                "content": {"type": "text", "text": text},
+                "messageId": message_id,
+            },
+        }
+    )
+
+
 class EditorListener:
     def __init__(self, connection: Connection, session_id: str):
         self.connection = connection
@@ -33,22 +54,12 @@ class EditorListener:
         await send_update(self.connection, self.session_id, update)
 
     async def message_chunk(self, message_id: str, text: str) -> None:
-        await self._send(
-            s.ContentChunk(
-                session_update="agent_message_chunk",
-                content=s.TextContent(text=text),
-                message_id=message_id,
-            )
-        )
+        params = text_chunk(self.session_id, "agent_message_chunk", text, message_id)
+        await self.connection.notify("session/update", params)
 
     async def thought_chunk(self, message_id: str, text: str) -> None:
-        await self._send(
-            s.ContentChunk(
-                session_update="agent_thought_chunk",
-                content=s.TextContent(text=text),
-                message_id=message_id,
-            )
-        )
+        params = text_chunk(self.session_id, "agent_thought_chunk", text, message_id)
+        await self.connection.notify("session/update", params)
 
     async def tool_call(self, data: dict[str, Any]) -> None:
         await self._send(tool_call_start(data))

@@ -10,8 +10,9 @@ responses by id. The transport knows JSON-RPC only; handlers are plain coroutine
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,14 @@ def _adapt(handler: Handler) -> Callable[..., Awaitable[Result]]:
     return method
 
 
+_BATCH_BYTES = 256 * 1024
+
+
+@functools.cache
+def _notification_prefix(method: str) -> bytes:
+    return b'{"jsonrpc":"2.0","method":' + orjson.dumps(method) + b',"params":'
+
+
 def _encode(message: dict[str, Any]) -> bytes:
     return orjson.dumps(message) + b"\n"
 
@@ -138,16 +147,25 @@ class Connection:
     async def notify(self, method: str, params: Mapping[str, Any] | bytes) -> None:
         """Send a notification; ``params`` may be pre-serialized JSON (the hot path)."""
         if isinstance(params, bytes):
-            data = (
-                b'{"jsonrpc":"2.0","method":'
-                + orjson.dumps(method)
-                + b',"params":'
-                + params
-                + b"}\n"
-            )
+            data = _notification_prefix(method) + params + b"}\n"
         else:
             data = _encode({"jsonrpc": "2.0", "method": method, "params": params})
         await self._channel.write(data)
+
+    async def notify_many(self, method: str, params: Iterable[bytes]) -> None:
+        """Send many pre-serialized notifications in order, a few writes for all of
+        them (a ``session/load`` replay can be tens of thousands)."""
+        prefix = _notification_prefix(method)
+        batch: list[bytes] = []
+        size = 0
+        for item in params:
+            batch.append(prefix + item + b"}\n")
+            size += len(item)
+            if size >= _BATCH_BYTES:
+                await self._channel.write(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            await self._channel.write(b"".join(batch))
 
     async def request(self, method: str, params: Mapping[str, Any]) -> Any:
         """Send a request to the client and wait for its result.

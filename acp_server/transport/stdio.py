@@ -95,13 +95,32 @@ class StdioChannel:
 
     async def write(self, data: bytes) -> None:
         """Write one whole message; messages never interleave, and a cancelled writer
-        never leaves half a line on the wire (the write is shielded)."""
+        never leaves half a line on the wire.
+
+        The common case is one non-blocking ``os.write`` with no await: on one event
+        loop nothing can run in between, so no lock is needed. Only a pipe that is full
+        (the editor reads slowly) takes the locked, shielded path, and while it holds
+        the lock every later message queues behind it, keeping the order.
+        """
+        if not self._lock.locked():
+            try:
+                written = os.write(self._out, data)
+            except BlockingIOError:
+                written = 0
+            if written == len(data):
+                return
+            self._lock.acquire_nowait()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._write_all(memoryview(data)[written:])
+                finally:
+                    self._lock.release()
+            return
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                await self._write_all(data)
+                await self._write_all(memoryview(data))
 
-    async def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
+    async def _write_all(self, view: memoryview) -> None:
         while view:
             try:
                 written = os.write(self._out, view)
