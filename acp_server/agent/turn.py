@@ -173,9 +173,9 @@ class TurnRunner:
 
     async def run(self, prompt: list[dict[str, Any]], history: list[Message]) -> StopReason:
         live = self.live
-        await self.service.start_turn(self.turn)
-        await self._store(
-            NewItem(kind=ItemKind.USER, message_id=new_message_id(), data={"content": prompt})
+        await self.service.start_turn(
+            self.turn,
+            NewItem(kind=ItemKind.USER, message_id=new_message_id(), data={"content": prompt}),
         )
         self._messages = [
             *history,

@@ -225,9 +225,11 @@ class SessionService:
     async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None:
         await self.store.update_item(session_id, seq, data)
 
-    async def start_turn(self, turn: Turn) -> None:
-        await self.store.start_turn(turn)
+    async def start_turn(self, turn: Turn, prompt: NewItem) -> Item | None:
+        """The turn and the user's prompt, stored together."""
+        prompt.turn_id = turn.id
+        return await self.store.start_turn(turn, prompt)
 
     async def finish_turn(self, turn: Turn, context_tokens: int) -> None:
-        await self.store.finish_turn(turn)
-        await self.store.add_usage(turn.session_id, turn.usage, context_tokens)
+        """How the turn ended, and its usage added to the session, stored together."""
+        await self.store.finish_turn(turn, context_tokens)

@@ -259,19 +259,8 @@ class SessionStore:
 
     async def add_usage(self, session_id: str, usage: Usage, context_tokens: int) -> None:
         """Add one model call's usage; ``context_tokens`` replaces the last call's size."""
-        stmt = (
-            update(S)
-            .where(S.c.id == session_id)
-            .values(
-                input_tokens=S.c.input_tokens + usage.input_tokens,
-                output_tokens=S.c.output_tokens + usage.output_tokens,
-                cached_tokens=S.c.cached_tokens + usage.cached_read_tokens,
-                cost=S.c.cost + usage.cost,
-                context_tokens=context_tokens,
-            )
-        )
         async with self._begin() as conn:
-            await conn.execute(stmt)
+            await conn.execute(_usage_increment(session_id, usage, context_tokens))
 
     # items
 
@@ -287,35 +276,38 @@ class SessionStore:
         raise AssertionError("unreachable")
 
     async def _append_once(self, session_id: str, item: NewItem) -> Item:
-        now = now_ms()
         async with self._begin() as conn:
-            bumped = await conn.execute(
-                update(S)
-                .where(S.c.id == session_id)
-                .values(
-                    message_count=S.c.message_count + 1,
-                    updated_at=now,
-                    last_activity_at=now,
-                )
+            return await self._append_in(conn, session_id, item)
+
+    async def _append_in(self, conn: AsyncConnection, session_id: str, item: NewItem) -> Item:
+        now = now_ms()
+        bumped = await conn.execute(
+            update(S)
+            .where(S.c.id == session_id)
+            .values(
+                message_count=S.c.message_count + 1,
+                updated_at=now,
+                last_activity_at=now,
             )
-            if bumped.rowcount == 0:
-                raise SessionNotFoundError(session_id)
-            seq = await conn.scalar(
-                select(func.coalesce(func.max(I.c.seq), 0) + 1).where(I.c.session_id == session_id)
+        )
+        if bumped.rowcount == 0:
+            raise SessionNotFoundError(session_id)
+        seq = await conn.scalar(
+            select(func.coalesce(func.max(I.c.seq), 0) + 1).where(I.c.session_id == session_id)
+        )
+        await conn.execute(
+            insert(I).values(
+                session_id=session_id,
+                seq=seq,
+                turn_id=item.turn_id,
+                kind=item.kind.value,
+                message_id=item.message_id,
+                data=item.data,
+                user_visible=item.user_visible,
+                agent_visible=item.agent_visible,
+                created_at=now,
             )
-            await conn.execute(
-                insert(I).values(
-                    session_id=session_id,
-                    seq=seq,
-                    turn_id=item.turn_id,
-                    kind=item.kind.value,
-                    message_id=item.message_id,
-                    data=item.data,
-                    user_visible=item.user_visible,
-                    agent_visible=item.agent_visible,
-                    created_at=now,
-                )
-            )
+        )
         return Item.model_construct(
             session_id=session_id,
             seq=int(seq or 0),
@@ -379,17 +371,32 @@ class SessionStore:
 
     # turns
 
-    async def start_turn(self, turn: Turn) -> None:
-        async with self._begin() as conn:
-            await conn.execute(insert(T).values(id=turn.id, **_turn_values(turn)))
+    async def start_turn(self, turn: Turn, prompt: NewItem | None = None) -> Item | None:
+        """Record a turn, and with it the user's prompt, in one transaction: each write
+        is a round trip to the database, and a turn should not pay for two."""
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                async with self._begin() as conn:
+                    await conn.execute(insert(T).values(id=turn.id, **_turn_values(turn)))
+                    if prompt is None:
+                        return None
+                    return await self._append_in(conn, turn.session_id, prompt)
+            except IntegrityError:
+                if prompt is None or attempt == APPEND_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
-    async def finish_turn(self, turn: Turn) -> None:
-        """Record how the turn ended; ``finished_at`` defaults to now."""
+    async def finish_turn(self, turn: Turn, context_tokens: int | None = None) -> None:
+        """Record how the turn ended; ``finished_at`` defaults to now. With
+        ``context_tokens``, the turn's usage is added to the session's counters in the
+        same transaction (SQL increments, as ``add_usage``)."""
         values = _turn_values(turn)
         values["finished_at"] = turn.finished_at or now_ms()
         del values["session_id"], values["started_at"]
         async with self._begin() as conn:
             await conn.execute(update(T).where(T.c.id == turn.id).values(values))
+            if context_tokens is not None:
+                await conn.execute(_usage_increment(turn.session_id, turn.usage, context_tokens))
 
     async def list_turns(self, session_id: str) -> list[Turn]:
         query = select(T).where(T.c.session_id == session_id).order_by(T.c.started_at, T.c.id)
@@ -870,4 +877,18 @@ def _upsert(dialect: str, table: Table, row: dict[str, Any], keys: tuple[str, ..
     lite = sqlite_insert(table).values(row)
     return lite.on_conflict_do_update(
         index_elements=keys, set_={name: lite.excluded[name] for name in changed}
+    )
+
+
+def _usage_increment(session_id: str, usage: Usage, context_tokens: int) -> Any:
+    return (
+        update(S)
+        .where(S.c.id == session_id)
+        .values(
+            input_tokens=S.c.input_tokens + usage.input_tokens,
+            output_tokens=S.c.output_tokens + usage.output_tokens,
+            cached_tokens=S.c.cached_tokens + usage.cached_read_tokens,
+            cost=S.c.cost + usage.cost,
+            context_tokens=context_tokens,
+        )
     )
