@@ -147,6 +147,28 @@ def _location(given: str, ctx: ToolContext, line: int | None = None) -> list[dic
     return [location]
 
 
+class _PathArgs(Arguments):
+    path: str
+
+
+PathArgsT = TypeVar("PathArgsT", bound=_PathArgs)
+
+
+class _PathTool(BuiltinTool[PathArgsT]):
+    """A tool about one path: its title names the path, its location points at it."""
+
+    verb = "Use"
+    noun = "file"
+
+    def title(self, arguments: dict[str, Any]) -> str:
+        args = self.try_parse(arguments)
+        return f"{self.verb} {self.noun}" if args is None else f"{self.verb} {args.path}"
+
+    def locations(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
+        args = self.try_parse(arguments)
+        return [] if args is None else _location(args.path, ctx)
+
+
 class ReadArgs(Arguments):
     path: str = Field(description="File to read, relative to the working directory or absolute.")
     line: int | None = Field(None, ge=1, description="First line to read (1-based).")
@@ -189,12 +211,12 @@ class ReadFile(BuiltinTool[ReadArgs]):
         return ToolOutcome(text if text else f"[{shown} is empty]")
 
 
-class WriteArgs(Arguments):
+class WriteArgs(_PathArgs):
     path: str = Field(description="File to create or overwrite.")
     content: str = Field(description="The complete new content of the file.")
 
 
-class WriteFile(BuiltinTool[WriteArgs]):
+class WriteFile(_PathTool[WriteArgs]):
     name = "write_file"
     description = (
         "Create a file, or replace a file's whole content. Parent folders are created. "
@@ -204,13 +226,7 @@ class WriteFile(BuiltinTool[WriteArgs]):
     mutates = True
     arguments = WriteArgs
 
-    def title(self, arguments: dict[str, Any]) -> str:
-        args = self.try_parse(arguments)
-        return "Write file" if args is None else f"Write {args.path}"
-
-    def locations(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
-        args = self.try_parse(arguments)
-        return [] if args is None else _location(args.path, ctx)
+    verb = "Write"
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
@@ -225,7 +241,7 @@ class WriteFile(BuiltinTool[WriteArgs]):
         )
 
 
-class EditArgs(Arguments):
+class EditArgs(_PathArgs):
     path: str = Field(description="File to edit.")
     old_text: str = Field(
         min_length=1,
@@ -236,7 +252,7 @@ class EditArgs(Arguments):
     replace_all: bool = Field(False, description="Replace every occurrence of old_text.")
 
 
-class EditFile(BuiltinTool[EditArgs]):
+class EditFile(_PathTool[EditArgs]):
     name = "edit_file"
     description = (
         "Replace exact text in an existing file. old_text must match the file exactly "
@@ -246,13 +262,7 @@ class EditFile(BuiltinTool[EditArgs]):
     mutates = True
     arguments = EditArgs
 
-    def title(self, arguments: dict[str, Any]) -> str:
-        args = self.try_parse(arguments)
-        return "Edit file" if args is None else f"Edit {args.path}"
-
-    def locations(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
-        args = self.try_parse(arguments)
-        return [] if args is None else _location(args.path, ctx)
+    verb = "Edit"
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
@@ -285,7 +295,7 @@ class EditFile(BuiltinTool[EditArgs]):
         return ToolOutcome(f"Edited {shown}: replaced {what}.", content=[_diff(path, old, new)])
 
 
-class ListArgs(Arguments):
+class ListArgs(_PathArgs):
     path: str = Field(".", description="Folder to list; the working directory by default.")
 
 
@@ -310,20 +320,15 @@ def _list_disk(path: Path, shown: str) -> str:
     return "\n".join(lines)
 
 
-class ListDirectory(BuiltinTool[ListArgs]):
+class ListDirectory(_PathTool[ListArgs]):
     name = "list_directory"
     description = "List a folder's entries; folders end with '/'."
     kind: ToolKind = "read"
     mutates = False
     arguments = ListArgs
 
-    def title(self, arguments: dict[str, Any]) -> str:
-        args = self.try_parse(arguments)
-        return "List folder" if args is None else f"List {args.path}"
-
-    def locations(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
-        args = self.try_parse(arguments)
-        return [] if args is None else _location(args.path, ctx)
+    verb = "List"
+    noun = "folder"
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
