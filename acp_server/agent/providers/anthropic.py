@@ -35,6 +35,7 @@ from acp_server.agent.providers.base import (
 from acp_server.agent.providers.http import (
     Endpoint,
     RetryPolicy,
+    drain,
     make_client,
     parse_arguments,
     parse_json,
@@ -133,7 +134,8 @@ class AnthropicProvider:
         async with self._endpoint.post_stream(
             self._client, self._url, body, self._headers
         ) as response:
-            async for sse in sse_events(response.aiter_lines()):
+            events = sse_events(response.aiter_lines())
+            async for sse in events:
                 payload = parse_json(sse.data)
                 if not isinstance(payload, dict):
                     continue
@@ -143,6 +145,7 @@ class AnthropicProvider:
                     yield event
                 if state.stopped:
                     break
+            await drain(events)
         if state.stop_reason is None:
             raise self._endpoint.ended_early()
         yield UsageReport(self._usage(request, state))

@@ -410,3 +410,13 @@ async def with_retries(
             await stream.aclose()
         retry += 1
         await anyio.sleep(wait)
+
+
+async def drain(events: AsyncIterator[Any], *, seconds: float = 1.0) -> None:
+    """Read what follows the stream's last event (the terminating chunk), so the
+    connection goes back to the pool instead of being closed: otherwise every model
+    call pays a new TCP (and TLS) handshake. A server that keeps the stream open past
+    its end is given up on after ``seconds``."""
+    with anyio.move_on_after(seconds):
+        async for _ in events:
+            pass

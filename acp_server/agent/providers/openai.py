@@ -37,6 +37,7 @@ from acp_server.agent.providers.base import (
 from acp_server.agent.providers.http import (
     Endpoint,
     RetryPolicy,
+    drain,
     make_client,
     parse_arguments,
     parse_json,
@@ -145,7 +146,8 @@ class OpenAIProvider:
         async with self._endpoint.post_stream(
             self._client, self._url, body, self._headers
         ) as response:
-            async for sse in sse_events(response.aiter_lines()):
+            events = sse_events(response.aiter_lines())
+            async for sse in events:
                 if sse.data == "[DONE]":
                     break
                 chunk = parse_json(sse.data)
@@ -155,6 +157,7 @@ class OpenAIProvider:
                     raise self._endpoint.stream_error(chunk["error"])
                 for event in state.feed(chunk):
                     yield event
+            await drain(events)
         if state.finish_reason is None:
             raise self._endpoint.ended_early()
         for event in state.flush_calls(None):
