@@ -85,9 +85,15 @@ class _Logger:
         self._logger: Any = None
 
     def __getattr__(self, method: str) -> Any:
+        if _LEVELS.get(method, logging.CRITICAL) < _LEVELS.get(_wanted["level"], logging.INFO):
+            return _ignore
         if self._logger is None:
             self._logger = _structlog().get_logger(self._name)
         return getattr(self._logger, method)
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """A call below the configured level: not even structlog is imported for it."""
 
 
 def get_logger(name: str) -> Any:

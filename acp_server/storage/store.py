@@ -108,6 +108,11 @@ class SessionStore:
         self._serial: AbstractAsyncContextManager[Any] = (
             anyio.Lock() if backend == "memory" else nullcontext()
         )
+        # SQLite has one writer at a time per file: writers queue here, in order,
+        # instead of colliding on the file lock and sleeping in busy_timeout retries.
+        self._writes: AbstractAsyncContextManager[Any] = (
+            anyio.Lock() if backend == "sqlite" else nullcontext()
+        )
 
     @classmethod
     async def open(
@@ -156,10 +161,9 @@ class SessionStore:
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction that, once started, finishes even if the caller is
         cancelled (a cancelled turn still keeps what it completed)."""
-        async with self._serial:
-            with anyio.fail_after(WRITE_TIMEOUT_S, shield=True), self._unavailable():
-                async with self.engine.begin() as conn:
-                    yield conn
+        with anyio.fail_after(WRITE_TIMEOUT_S, shield=True), self._unavailable():
+            async with self._serial, self._writes, self.engine.begin() as conn:
+                yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
