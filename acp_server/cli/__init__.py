@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(flags_of(args), config_file=getattr(args, "config", None))
     except ConfigError as exc:
         if command == "doctor":
-            print(f"✗ configuration: {exc}")
+            sys.stdout.write(f"✗ configuration: {exc}\n")  # doctor's report
             return 1
         print(f"acp-server: {exc}", file=sys.stderr)
         return 2

@@ -75,6 +75,12 @@ def _handler(command: str, args: argparse.Namespace) -> tuple[str, Handler]:
     return name, handler
 
 
+def out(*values: object, end: str = "\n") -> None:
+    """Output of a management command, for the terminal. ``serve`` never calls this:
+    its stdout carries protocol messages only."""
+    sys.stdout.write(" ".join(str(value) for value in values) + end)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"acp-server: {message}", file=sys.stderr)
     return code
@@ -259,7 +265,7 @@ async def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await engine.dispose()
     change = "" if before == after else f" (was {before or 'not initialised'})"
-    print(f"database {redact(text)} is at revision {after}{change}")
+    out(f"database {redact(text)} is at revision {after}{change}")
     return 0
 
 
@@ -269,7 +275,7 @@ async def db_current(args: argparse.Namespace, settings: Settings) -> int:
 
     text = database_url(settings)
     if _missing_sqlite_file(text) is not None:
-        print("not initialised")
+        out("not initialised")
         return 0
     url = normalize_url(text)
     engine = create_engine(url)
@@ -278,7 +284,7 @@ async def db_current(args: argparse.Namespace, settings: Settings) -> int:
         revision = await current(engine)
     finally:
         await engine.dispose()
-    print(revision or "not initialised")
+    out(revision or "not initialised")
     if revision != HEAD_REVISION:
         _note(
             f"this acp-server uses revision {HEAD_REVISION} of {redact(text)}; "
@@ -306,7 +312,7 @@ async def sessions_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"sessions": [r.model_dump(mode="json") for r in records], "total": total})
         return 0
     if not records:
-        print("no sessions" + (f" in {cwd}" if cwd else ""))
+        out("no sessions" + (f" in {cwd}" if cwd else ""))
         return 0
     headers = ["ID", "UPDATED", "TITLE", "MESSAGES", "CWD"]
     rows: list[list[Any]] = [
@@ -317,9 +323,9 @@ async def sessions_list(args: argparse.Namespace, settings: Settings) -> int:
         headers.insert(1, "TYPE")
         for row, record in zip(rows, records, strict=True):
             row.insert(1, record.type.value)
-    print(table(headers, rows, right=[headers.index("MESSAGES")]))
+    out(table(headers, rows, right=[headers.index("MESSAGES")]))
     if more:
-        print(f"({len(records)} of {total} sessions shown; --limit {total} shows all)")
+        out(f"({len(records)} of {total} sessions shown; --limit {total} shows all)")
     return 0
 
 
@@ -341,7 +347,7 @@ async def sessions_show(args: argparse.Namespace, settings: Settings) -> int:
                 state = await store.get_extension_state(session_id)
                 print_json(export.document(record, items, turns, state))
             else:
-                print(("\n" if shown else "") + export.to_text(record, items, turns), end="")
+                out(("\n" if shown else "") + export.to_text(record, items, turns), end="")
             shown += 1
     return 1 if missing else 0
 
@@ -351,7 +357,7 @@ async def sessions_delete(args: argparse.Namespace, settings: Settings) -> int:
     async with open_store(settings) as store:
         for session_id in args.session_ids:
             if await store.delete_session(session_id):
-                print(f"deleted session {session_id}")
+                out(f"deleted session {session_id}")
             else:
                 _fail(not_found(session_id), 1)
                 missing += 1
@@ -364,9 +370,9 @@ async def sessions_rename(args: argparse.Namespace, settings: Settings) -> int:
         if not await store.update(args.session_id).title(title, by_user=True).apply():
             raise CommandError(not_found(args.session_id), 1)
     if title is None:
-        print(f"cleared the title of session {args.session_id}; an automatic one may follow")
+        out(f"cleared the title of session {args.session_id}; an automatic one may follow")
     else:
-        print(f"renamed session {args.session_id} to {title!r}")
+        out(f"renamed session {args.session_id} to {title!r}")
     return 0
 
 
@@ -397,7 +403,7 @@ async def sessions_export(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(text)
     else:
         path = _write(args.output, text)
-        print(f"exported session {record.id} as {args.format} to {path}")
+        out(f"exported session {record.id} as {args.format} to {path}")
     return 0
 
 
@@ -417,7 +423,7 @@ async def sessions_import(args: argparse.Namespace, settings: Settings) -> int:
     record, turns, items, state = export.as_new_session(parsed)
     async with open_store(settings, migrate=True) as store:
         await store.import_session(record, turns=turns, items=items, extension_state=state)
-    print(record.id)
+    out(record.id)
     return 0
 
 
@@ -429,7 +435,7 @@ async def sessions_insights(args: argparse.Namespace, settings: Settings) -> int
     if args.json:
         print_json(report)
     else:
-        print(insights.to_text(report), end="")
+        out(insights.to_text(report), end="")
     return 0
 
 
@@ -443,16 +449,16 @@ async def retention_run(args: argparse.Namespace, settings: Settings) -> int:
     policy = settings.data_retention
     async with open_store(settings) as store:
         turns, feedback = await run_retention(store, policy, now_ms())
-    print(
+    out(
         f"deleted {turns} turn{'s' * (turns != 1)} (with their messages) older than "
         f"{policy.task_retention_days} days"
     )
-    print(
+    out(
         f"deleted {feedback} feedback entr{'ies' if feedback != 1 else 'y'} older than "
         f"{policy.feedback_retention_days} days"
     )
     if not policy.enabled:
-        print(
+        out(
             "scheduled retention is off (data_retention.enabled / DATA_RETENTION_ENABLED); "
             "this run was by hand"
         )
@@ -482,9 +488,9 @@ async def doctor(args: argparse.Namespace, settings: Settings) -> int:
         )
     )
     for ok, text in checks:
-        print(f"{'✓' if ok else '✗'} {text}")
+        out(f"{'✓' if ok else '✗'} {text}")
     problems = sum(not ok for ok, _ in checks)
-    print(f"{problems} problem{'s' * (problems > 1)} found" if problems else "all checks passed")
+    out(f"{problems} problem{'s' * (problems > 1)} found" if problems else "all checks passed")
     return 1 if problems else 0
 
 
