@@ -16,6 +16,7 @@ from acp.schema import (
     UserMessageChunk,
 )
 
+from tests.backends import SERVER_BACKENDS, backend_params, database_url
 from tests.harness import INIT, RecordingClient, acp_client, raw_server, server_env
 
 pytestmark = pytest.mark.anyio
@@ -224,16 +225,18 @@ async def test_session_ids_are_unguessable_and_unique(home, workspace):
     assert all(len(i) >= 32 for i in ids)
 
 
-async def test_two_processes_on_one_database_lose_nothing(persistent_db_url, home, workspace):
-    if persistent_db_url.startswith("sqlite"):
-        pytest.skip(
-            "concurrent writers are the PostgreSQL/MariaDB case; "
-            "SQLite is covered by the store tests"
-        )
+@pytest.fixture(params=backend_params(SERVER_BACKENDS))
+def shared_db_url(request, tmp_path):
+    """A database server several processes share (SQLite's case is in the store tests)."""
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+async def test_two_processes_on_one_database_lose_nothing(shared_db_url, home, workspace):
     created: list[str] = []
 
     async def worker() -> None:
-        async with raw_server(db_args(persistent_db_url), server_env(home)) as server:
+        async with raw_server(db_args(shared_db_url), server_env(home)) as server:
             await server.request("initialize", INIT)
             for _ in range(15):
                 reply = await server.request(
@@ -245,7 +248,7 @@ async def test_two_processes_on_one_database_lose_nothing(persistent_db_url, hom
     async with anyio.create_task_group() as tg:
         for _ in range(2):
             tg.start_soon(worker)
-    async with raw_server(db_args(persistent_db_url), server_env(home)) as server:
+    async with raw_server(db_args(shared_db_url), server_env(home)) as server:
         await server.request("initialize", INIT)
         seen: list[str] = []
         cursor = None
@@ -295,7 +298,7 @@ async def test_tool_calls_are_replayed_in_their_final_state(home, workspace, tmp
 async def test_a_database_that_goes_away_gets_a_clear_error_and_the_server_keeps_serving(
     home, workspace, tmp_path
 ):
-    from tests.backends import _drop_pg_database, database_url
+    from tests.backends import _drop_pg_database
 
     with database_url("postgresql", tmp_path) as url:
         async with raw_server(["--database-url", url], server_env(home)) as server:
