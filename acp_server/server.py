@@ -144,9 +144,21 @@ async def _watch_signals(scope: anyio.CancelScope) -> None:
 
 
 async def serve(settings: Settings) -> int:
+    providers = _Providers(settings)
+    if settings.provider.name.startswith("script:"):
+        # A script that cannot load is a bad setting: say so now, in one line, rather
+        # than fail the editor's first session/new. (Loading one imports nothing heavy.)
+        from acp_server.agent.providers.base import ProviderError
+
+        try:
+            providers.get()
+        except ProviderError as exc:
+            print(
+                f"acp-server: {exc.message}; fix --provider or ACP_SERVER_PROVIDER", file=sys.stderr
+            )
+            return 2
     channel = StdioChannel(max_line_bytes=settings.transport.max_message_bytes)
     backend = _Backend(settings)
-    providers = _Providers(settings)
     agent: AcpAgent | None = None
     try:
         async with anyio.create_task_group() as tg:

@@ -131,6 +131,7 @@ async def test_bad_settings_stop_with_one_line(home, tmp_path):
         ([], {"ACP_SERVER_LOG_LEVEL": "loud"}),
         (["--config", str(tmp_path / "missing.yaml")], {}),
         (["--database-url", "postgresql://nobody@127.0.0.1:1/x"], {}),
+        (["--provider", f"script:{tmp_path / 'missing-script.yaml'}"], {}),
     ]
     for args, extra in cases:
         process = await anyio.run_process(

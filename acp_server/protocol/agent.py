@@ -421,11 +421,10 @@ class AcpAgent:
         first = not live.record.title and not any(
             getattr(m, "role", "") == "assistant" for m in live.history
         )
-        title_scope = anyio.CancelScope()
         title_done = anyio.Event()
         if first and settings.agent.generate_titles and not live.record.title_set_by_user:
             self._tg.start_soon(
-                self._title_task, ctx.connection, live, provider, blocks, title_scope, title_done
+                self._title_task, ctx.connection, live, provider, blocks, title_done
             )
         else:
             title_done.set()
@@ -442,11 +441,10 @@ class AcpAgent:
         live: LiveSession,
         provider: Provider,
         blocks: list[dict[str, Any]],
-        scope: anyio.CancelScope,
         done: anyio.Event,
     ) -> None:
         try:
-            with scope, anyio.move_on_after(30):
+            with anyio.move_on_after(30):
                 title = await generate_title(
                     provider, live.record.model or provider.default_model, blocks
                 )
