@@ -68,7 +68,7 @@ async def test_a_conversation_survives_sigkill_and_loads_exactly(
         assert texts(replay, UserMessageChunk) == ["first question", "second question"]
         assert "".join(texts(replay, AgentMessageChunk)) == said
         ids = [u.message_id for u in replay if isinstance(u, UserMessageChunk | AgentMessageChunk)]
-        assert all(ids) and len(set(ids)) == len(ids) - 0
+        assert all(ids) and len(set(ids)) == len(ids)
         # the conversation goes on where it stopped
         reply = await conn.prompt(session_id=sid, prompt=[text_block("third")])
         assert reply.stop_reason == "end_turn"

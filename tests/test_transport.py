@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import INIT, raw_server, server_env
+from tests.harness import INIT, SERVER, raw_server, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -135,9 +135,7 @@ async def test_bad_settings_stop_with_one_line(home, tmp_path):
     ]
     for args, extra in cases:
         process = await anyio.run_process(
-            ["acp-server", *args]
-            if False
-            else [*__import__("tests.harness").harness.SERVER, *args],
+            [*SERVER, *args],
             input=b'{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n',
             env=server_env(home, extra),
             check=False,
