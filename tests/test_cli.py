@@ -111,8 +111,7 @@ async def add_turn(
         await store.append_item(session_id, item)
     turn.status, turn.stop_reason = TurnStatus.COMPLETED, "end_turn"
     turn.usage = usage or Usage()
-    await store.finish_turn(turn)
-    await store.add_usage(session_id, turn.usage, turn.usage.input_tokens)
+    await store.finish_turn(turn, turn.usage.input_tokens)
 
 
 TOOL_RESULT = "# demo project\nsecond line with ``` fence"

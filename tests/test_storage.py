@@ -289,8 +289,10 @@ async def test_concurrent_usage_increments_lose_nothing(store: SessionStore) -> 
     usage = Usage(input_tokens=3, output_tokens=5, cached_read_tokens=7, cost=0.5)
 
     async def worker(n: int) -> None:
-        for _ in range(5):
-            await store.add_usage("s", usage, context_tokens=1000 + n)
+        for k in range(5):
+            turn = Turn(id=f"t{n}-{k}", session_id="s", usage=usage)
+            await store.start_turn(turn)
+            await store.finish_turn(turn, context_tokens=1000 + n)
 
     async with anyio.create_task_group() as tg:
         for n in range(40):

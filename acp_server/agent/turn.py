@@ -1,7 +1,8 @@
 """One prompt turn: model calls, tool calls, permissions, persistence, stop reason.
 
 Each completed message (a thought, a reply, a tool call) is stored as it completes, so
-a crash loses at most the message in flight. Cancellation (``session/cancel``,
+a crash loses at most the message in flight; the turn's last message is stored with the
+turn's end, in the same transaction. Cancellation (``session/cancel``,
 ``session/close``, ``$/cancel_request``) arrives as anyio cancellation of the turn's
 scope; whatever was already said is then stored in a shielded finaliser and the turn
 answers ``cancelled``. The loop speaks to the editor only through ``TurnListener``.
@@ -170,6 +171,7 @@ class TurnRunner:
         self._assistant: AssistantMessage | None = None
         self._messages: list[Message] = []
         self._pending_results: list[ToolResult] = []
+        self._last: NewItem | None = None
 
     async def run(self, prompt: list[dict[str, Any]], history: list[Message]) -> StopReason:
         live = self.live
@@ -202,12 +204,12 @@ class TurnRunner:
         finally:
             live.turn_scope = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            await self._finish_segment()
+            await self._finish_segment(last=True)
             self._close_assistant()
             self.turn.status = status
             self.turn.stop_reason = stop
             self.turn.finished_at = now_ms()
-            await self.service.finish_turn(self.turn, self.context_tokens)
+            await self.service.finish_turn(self.turn, self.context_tokens, self._last)
             live.record.input_tokens += self.turn.usage.input_tokens
             live.record.output_tokens += self.turn.usage.output_tokens
             live.record.cost += self.turn.usage.cost
@@ -259,12 +261,13 @@ class TurnRunner:
                     self._add_usage(event.usage)
                 elif isinstance(event, Finish):
                     finish = event.reason
-            await self._finish_segment()
+            tools_next = finish == FinishReason.TOOL_USE and bool(calls)
+            await self._finish_segment(last=not tools_next)
             if not usage_seen:
                 self._add_usage(
                     Usage(input_tokens=_estimate_tokens(request.messages), estimated=True)
                 )
-            if finish == FinishReason.TOOL_USE and calls:
+            if tools_next:
                 for call in calls:
                     await self._tool(call)
                 self._close_assistant()
@@ -301,7 +304,9 @@ class TurnRunner:
         else:
             await self.listener.thought_chunk(segment.message_id, text)
 
-    async def _finish_segment(self) -> None:
+    async def _finish_segment(self, *, last: bool = False) -> None:
+        """Close the segment being streamed. The turn's ``last`` one is kept for
+        ``finish_turn`` to store, so a turn's end is one write, not two."""
         segment, self._segment = self._segment, None
         if segment is None or not segment.parts:
             return
@@ -314,7 +319,11 @@ class TurnRunner:
             assistant.thinking.append(Thinking(segment.text, segment.signature))
         else:
             assistant.text += segment.text
-        await self._store(NewItem(kind=segment.kind, message_id=segment.message_id, data=data))
+        item = NewItem(kind=segment.kind, message_id=segment.message_id, data=data)
+        if last:
+            self._last = item
+        else:
+            await self._store(item)
 
     def _close_assistant(self) -> None:
         assistant, self._assistant = self._assistant, None

@@ -225,11 +225,15 @@ class SessionService:
     async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None:
         await self.store.update_item(session_id, seq, data)
 
-    async def start_turn(self, turn: Turn, prompt: NewItem) -> Item | None:
+    async def start_turn(self, turn: Turn, prompt: NewItem) -> None:
         """The turn and the user's prompt, stored together."""
         prompt.turn_id = turn.id
-        return await self.store.start_turn(turn, prompt)
+        await self.store.start_turn(turn, prompt)
 
-    async def finish_turn(self, turn: Turn, context_tokens: int) -> None:
-        """How the turn ended, and its usage added to the session, stored together."""
-        await self.store.finish_turn(turn, context_tokens)
+    async def finish_turn(
+        self, turn: Turn, context_tokens: int, last: NewItem | None = None
+    ) -> None:
+        """How the turn ended, its last item and its usage, stored together."""
+        if last is not None:
+            last.turn_id = turn.id
+        await self.store.finish_turn(turn, context_tokens, last=last)

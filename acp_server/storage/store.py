@@ -46,7 +46,7 @@ from acp_server.sessions.model import (
     Usage,
     now_ms,
 )
-from acp_server.storage import tables
+from acp_server.storage import statements, tables
 from acp_server.storage.engine import (
     DatabaseConfigError,
     check_connection,
@@ -261,11 +261,6 @@ class SessionStore:
         async with self._read() as conn:
             return [_record(row) for row in (await conn.execute(query)).all()]
 
-    async def add_usage(self, session_id: str, usage: Usage, context_tokens: int) -> None:
-        """Add one model call's usage; ``context_tokens`` replaces the last call's size."""
-        async with self._begin() as conn:
-            await conn.execute(_usage_increment(session_id, usage, context_tokens))
-
     # items
 
     async def append_item(self, session_id: str, item: NewItem) -> Item:
@@ -280,41 +275,15 @@ class SessionStore:
         raise AssertionError("unreachable")
 
     async def _append_once(self, session_id: str, item: NewItem) -> Item:
-        async with self._begin() as conn:
-            return await self._append_in(conn, session_id, item)
-
-    async def _append_in(self, conn: AsyncConnection, session_id: str, item: NewItem) -> Item:
         now = now_ms()
-        bumped = await conn.execute(
-            update(S)
-            .where(S.c.id == session_id)
-            .values(
-                message_count=S.c.message_count + 1,
-                updated_at=now,
-                last_activity_at=now,
-            )
-        )
-        if bumped.rowcount == 0:
-            raise SessionNotFoundError(session_id)
-        seq = await conn.scalar(
-            select(func.coalesce(func.max(I.c.seq), 0) + 1).where(I.c.session_id == session_id)
-        )
-        await conn.execute(
-            insert(I).values(
-                session_id=session_id,
-                seq=seq,
-                turn_id=item.turn_id,
-                kind=item.kind.value,
-                message_id=item.message_id,
-                data=item.data,
-                user_visible=item.user_visible,
-                agent_visible=item.agent_visible,
-                created_at=now,
-            )
-        )
+        params = statements.item_params(session_id, item, now)
+        async with self._begin() as conn:
+            await self._bump(conn, params)
+            seq = int(await conn.scalar(statements.NEXT_SEQ, params) or 0)
+            await conn.execute(statements.INSERT_ITEM, {**params, "seq": seq})
         return Item.model_construct(
             session_id=session_id,
-            seq=int(seq or 0),
+            seq=seq,
             created_at=now,
             kind=item.kind,
             message_id=item.message_id,
@@ -323,6 +292,10 @@ class SessionStore:
             user_visible=item.user_visible,
             agent_visible=item.agent_visible,
         )
+
+    async def _bump(self, conn: AsyncConnection, params: dict[str, Any]) -> None:
+        if (await conn.execute(statements.BUMP_SESSION, params)).rowcount == 0:
+            raise SessionNotFoundError(params["session"])
 
     async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None:
         """Replace an item's data, e.g. a tool call reaching its final state."""
@@ -375,32 +348,51 @@ class SessionStore:
 
     # turns
 
-    async def start_turn(self, turn: Turn, prompt: NewItem | None = None) -> Item | None:
+    async def start_turn(self, turn: Turn, prompt: NewItem | None = None) -> None:
         """Record a turn, and with it the user's prompt, in one transaction: each write
         is a round trip to the database, and a turn should not pay for two."""
         for attempt in range(APPEND_ATTEMPTS):
             try:
                 async with self._begin() as conn:
-                    await conn.execute(insert(T).values(id=turn.id, **_turn_values(turn)))
-                    if prompt is None:
-                        return None
-                    return await self._append_in(conn, turn.session_id, prompt)
+                    await conn.execute(statements.INSERT_TURN, statements.turn_values(turn))
+                    if prompt is not None:
+                        params = statements.item_params(turn.session_id, prompt, now_ms())
+                        await self._bump(conn, params)
+                        await conn.execute(statements.APPEND_ITEM, params)
+                return
             except IntegrityError:
                 if prompt is None or attempt == APPEND_ATTEMPTS - 1:
                     raise
-        raise AssertionError("unreachable")
 
-    async def finish_turn(self, turn: Turn, context_tokens: int | None = None) -> None:
-        """Record how the turn ended; ``finished_at`` defaults to now. With
-        ``context_tokens``, the turn's usage is added to the session's counters in the
-        same transaction (SQL increments, as ``add_usage``)."""
-        values = _turn_values(turn)
-        values["finished_at"] = turn.finished_at or now_ms()
-        del values["session_id"], values["started_at"]
-        async with self._begin() as conn:
-            await conn.execute(update(T).where(T.c.id == turn.id).values(values))
-            if context_tokens is not None:
-                await conn.execute(_usage_increment(turn.session_id, turn.usage, context_tokens))
+    async def finish_turn(
+        self, turn: Turn, context_tokens: int | None = None, *, last: NewItem | None = None
+    ) -> None:
+        """Record how the turn ended (``finished_at`` defaults to now), in one
+        transaction with the turn's ``last`` item, if it has one still to store. With
+        ``context_tokens``, the turn's usage is added to the session's counters (SQL
+        increments, so concurrent turns lose nothing)."""
+        now = now_ms()
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                async with self._begin() as conn:
+                    if last is not None:
+                        params = statements.item_params(turn.session_id, last, now)
+                        await conn.execute(statements.APPEND_ITEM, params)
+                    await conn.execute(
+                        statements.FINISH_TURN,
+                        statements.finish_params(turn, turn.finished_at or now),
+                    )
+                    if context_tokens is not None or last is not None:
+                        usage = turn.usage if context_tokens is not None else Usage()
+                        after = _session_after_turn(
+                            turn.session_id, usage, context_tokens, items=int(last is not None)
+                        )
+                        if (await conn.execute(statements.SESSION_AFTER_TURN, after)).rowcount == 0:
+                            raise SessionNotFoundError(turn.session_id)
+                return
+            except IntegrityError:
+                if last is None or attempt == APPEND_ATTEMPTS - 1:
+                    raise
 
     async def list_turns(self, session_id: str) -> list[Turn]:
         query = select(T).where(T.c.session_id == session_id).order_by(T.c.started_at, T.c.id)
@@ -548,7 +540,7 @@ class SessionStore:
         async with self._begin() as conn:
             await conn.execute(insert(S).values(session_values(record)))
             if turns:
-                rows = [{**_turn_values(t), "id": t.id, "session_id": record.id} for t in turns]
+                rows = [{**statements.turn_values(t), "session_id": record.id} for t in turns]
                 await conn.execute(insert(T), rows)
             if items:
                 await conn.execute(
@@ -794,28 +786,6 @@ def _session_filter(query: Any, cwd: str | None, types: tuple[SessionType, ...])
     return query
 
 
-def _turn_values(turn: Turn) -> dict[str, Any]:
-    usage = turn.usage
-    return {
-        "session_id": turn.session_id,
-        "status": turn.status.value,
-        "stop_reason": turn.stop_reason,
-        "provider": turn.provider,
-        "model": turn.model,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_read_tokens": usage.cached_read_tokens,
-        "cached_write_tokens": usage.cached_write_tokens,
-        "thought_tokens": usage.thought_tokens,
-        "cost": usage.cost,
-        "usage_estimated": usage.estimated,
-        "model_calls": turn.model_calls,
-        "error": turn.error,
-        "started_at": turn.started_at,
-        "finished_at": turn.finished_at,
-    }
-
-
 def _turn(row: Row[Any]) -> Turn:
     r = row._mapping
     return Turn(
@@ -884,15 +854,16 @@ def _upsert(dialect: str, table: Table, row: dict[str, Any], keys: tuple[str, ..
     )
 
 
-def _usage_increment(session_id: str, usage: Usage, context_tokens: int) -> Any:
-    return (
-        update(S)
-        .where(S.c.id == session_id)
-        .values(
-            input_tokens=S.c.input_tokens + usage.input_tokens,
-            output_tokens=S.c.output_tokens + usage.output_tokens,
-            cached_tokens=S.c.cached_tokens + usage.cached_read_tokens,
-            cost=S.c.cost + usage.cost,
-            context_tokens=context_tokens,
-        )
-    )
+def _session_after_turn(
+    session_id: str, usage: Usage, context_tokens: int | None, *, items: int
+) -> dict[str, Any]:
+    return {
+        "session": session_id,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_read_tokens,
+        "cost": usage.cost,
+        "context_tokens": context_tokens,
+        "items": items,
+        "now": now_ms(),
+    }
