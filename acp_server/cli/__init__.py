@@ -34,7 +34,9 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["console", "json"])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``serve_only`` leaves out the management commands, whose
+    dozen subparsers cost ~10 ms that an editor's spawn should not pay."""
     parser = argparse.ArgumentParser(
         prog="acp-server",
         description=(
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve ACP v1 over stdin/stdout until stdin closes (the default)"
     )
     _settings_flags(serve)
+    if serve_only:
+        return parser
 
     db = sub.add_parser("db", help="database schema migrations")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["serve", *argv]
-    args = build_parser().parse_args(argv)
+    args = build_parser(serve_only=argv[0] == "serve").parse_args(argv)
     command = args.command or "serve"
 
     from acp_server.config.loader import ConfigError, load_settings
