@@ -18,6 +18,7 @@ from acp_server.sessions.model import (
     NewItem,
     SessionRecord,
     SessionType,
+    StoreUnavailable,
     Turn,
     TurnStatus,
     Usage,
@@ -584,6 +585,52 @@ async def test_retention_deletes_old_turns_in_batches(store: SessionStore) -> No
     assert (await _get(store, "a")).message_count == 4
     assert (await _get(store, "b")).message_count == 3
     assert await count_rows(store, tables.feedback) == 2
+
+
+async def test_turn_end_stores_the_last_item_with_the_usage(store: SessionStore) -> None:
+    await store.create_session(session("s"))
+    turn = Turn(id="t", session_id="s", usage=Usage(input_tokens=10, output_tokens=4))
+    await store.start_turn(turn, message("question", turn_id="t"))
+    turn.status, turn.stop_reason = TurnStatus.COMPLETED, "end_turn"
+    await store.finish_turn(turn, context_tokens=14, last=message("answer", turn_id="t"))
+    items = await store.load_items("s")
+    assert [(i.seq, i.data["text"], i.turn_id) for i in items] == [
+        (1, "question", "t"),
+        (2, "answer", "t"),
+    ]
+    got = await _get(store, "s")
+    assert (got.message_count, got.input_tokens, got.output_tokens, got.context_tokens) == (
+        2,
+        10,
+        4,
+        14,
+    )
+    [stored] = await store.list_turns("s")
+    assert (stored.status, stored.stop_reason) == (TurnStatus.COMPLETED, "end_turn")
+    with pytest.raises(SessionNotFoundError):
+        await store.finish_turn(
+            Turn(id="t2", session_id="gone"), context_tokens=1, last=message("x")
+        )
+
+
+async def test_a_failed_sqlite_write_leaves_the_store_writing(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """SQLite keeps one writer connection; a write that fails in the driver must not
+    wedge it, and must leave nothing half-written."""
+    async with await open_store(f"sqlite:///{tmp_path}/w.db") as store:
+        await store.create_session(session("s"))
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER boom BEFORE INSERT ON chat_tasks WHEN NEW.provider = 'boom' "
+                "BEGIN SELECT zeroblob(2000000000); END"
+            )
+        with pytest.raises(StoreUnavailable, match="too big"):
+            await store.start_turn(Turn(id="bad", session_id="s", provider="boom"), message("x"))
+        await store.start_turn(Turn(id="good", session_id="s", provider="p"), message("y"))
+        assert [t.id for t in await store.list_turns("s")] == ["good"]
+        assert [i.data["text"] for i in await store.load_items("s")] == ["y"]
+        assert (await _get(store, "s")).message_count == 1
 
 
 async def test_retention_deletes_old_feedback_in_batches(store: SessionStore) -> None:

@@ -113,6 +113,10 @@ class SessionStore:
         self._writes: AbstractAsyncContextManager[Any] = (
             anyio.Lock() if backend == "sqlite" else nullcontext()
         )
+        # With one writer at a time, that writer keeps its connection: a pool checkout
+        # and return are two more trips to aiosqlite's thread on every write.
+        self._keeps_writer = backend in ("sqlite", "memory")
+        self._writer: AsyncConnection | None = None
 
     @classmethod
     async def open(
@@ -145,6 +149,9 @@ class SessionStore:
         return cls(engine, backend=backend, url_redacted=redact(sa_url))
 
     async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Self:
@@ -162,8 +169,24 @@ class SessionStore:
         """A write transaction that, once started, finishes even if the caller is
         cancelled (a cancelled turn still keeps what it completed)."""
         with anyio.fail_after(WRITE_TIMEOUT_S, shield=True), self._unavailable():
-            async with self._serial, self._writes, self.engine.begin() as conn:
-                yield conn
+            async with self._serial, self._writes:
+                if not self._keeps_writer:
+                    async with self.engine.begin() as conn:
+                        yield conn
+                    return
+                if self._writer is None:
+                    self._writer = await self.engine.connect()
+                writer = self._writer
+                try:
+                    async with writer.begin():
+                        yield writer
+                except IntegrityError:
+                    raise
+                except (DBAPIError, OSError, TimeoutError):
+                    # Whatever broke may have broken the connection too: start afresh.
+                    self._writer = None
+                    await writer.close()
+                    raise
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -354,11 +377,13 @@ class SessionStore:
         for attempt in range(APPEND_ATTEMPTS):
             try:
                 async with self._begin() as conn:
+                    if prompt is None:
+                        await conn.execute(statements.INSERT_TURN, statements.turn_values(turn))
+                        return
+                    params = statements.item_params(turn.session_id, prompt, now_ms())
+                    await self._bump(conn, params)
                     await conn.execute(statements.INSERT_TURN, statements.turn_values(turn))
-                    if prompt is not None:
-                        params = statements.item_params(turn.session_id, prompt, now_ms())
-                        await self._bump(conn, params)
-                        await conn.execute(statements.APPEND_ITEM, params)
+                    await conn.execute(statements.APPEND_ITEM, params)
                 return
             except IntegrityError:
                 if prompt is None or attempt == APPEND_ATTEMPTS - 1:
@@ -375,13 +400,7 @@ class SessionStore:
         for attempt in range(APPEND_ATTEMPTS):
             try:
                 async with self._begin() as conn:
-                    if last is not None:
-                        params = statements.item_params(turn.session_id, last, now)
-                        await conn.execute(statements.APPEND_ITEM, params)
-                    await conn.execute(
-                        statements.FINISH_TURN,
-                        statements.finish_params(turn, turn.finished_at or now),
-                    )
+                    # The session row first, as every append locks it: one lock order.
                     if context_tokens is not None or last is not None:
                         usage = turn.usage if context_tokens is not None else Usage()
                         after = _session_after_turn(
@@ -389,6 +408,13 @@ class SessionStore:
                         )
                         if (await conn.execute(statements.SESSION_AFTER_TURN, after)).rowcount == 0:
                             raise SessionNotFoundError(turn.session_id)
+                    if last is not None:
+                        params = statements.item_params(turn.session_id, last, now)
+                        await conn.execute(statements.APPEND_ITEM, params)
+                    await conn.execute(
+                        statements.FINISH_TURN,
+                        statements.finish_params(turn, turn.finished_at or now),
+                    )
                 return
             except IntegrityError:
                 if last is None or attempt == APPEND_ATTEMPTS - 1:
