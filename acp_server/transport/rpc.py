@@ -209,8 +209,17 @@ class Connection:
     ) -> None:
         """Read until EOF; then run ``on_eof`` (which stops long work such as turns),
         give in-flight requests ``drain_seconds`` to answer, and cancel the rest."""
+        try:
+            await self._serve(on_eof, drain_seconds)
+        finally:
+            await self._channel.flush(drain_seconds)
+
+    async def _serve(
+        self, on_eof: Callable[[], Awaitable[None]] | None, drain_seconds: float
+    ) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self._channel.run_writer)
             async for line in self._channel.lines():
                 if isinstance(line, Oversized):
                     log.warning("oversized message dropped", size=line.size)
