@@ -17,6 +17,8 @@ from pathlib import Path
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 SERVER_BACKENDS = ("memory", "sqlite", "postgresql")
 FLOOR = "floor"
+STACK = "stack"
+BASELINE_AGENTS = {FLOOR: "benchmarks.floor_agent", STACK: "benchmarks.stack_agent"}
 SERVER_BIN = Path(sys.executable).parent / "acp-server"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Variant:
     name: str
-    """"floor", or a server backend: "memory", "sqlite", "postgresql"."""
+    """"floor", "stack", or a server backend: "memory", "sqlite", "postgresql"."""
     url: str | None = None
     """The database URL (None for the floor and memory mode)."""
 
@@ -33,12 +35,16 @@ class Variant:
         return self.name == FLOOR
 
     @property
+    def is_server(self) -> bool:
+        return self.name not in BASELINE_AGENTS
+
+    @property
     def persistent(self) -> bool:
-        return self.name not in (FLOOR, "memory")
+        return self.is_server and self.name != "memory"
 
     def argv(self) -> list[str]:
-        if self.is_floor:
-            return [sys.executable, "-m", "benchmarks.floor_agent"]
+        if not self.is_server:
+            return [sys.executable, "-m", BASELINE_AGENTS[self.name]]
         server = [str(SERVER_BIN)] if SERVER_BIN.exists() else [sys.executable, "-m", "acp_server"]
         store = ["--memory"] if self.url is None else ["--database-url", self.url]
         return [*server, *store, "--provider", "openai", "--model", "bench-model"]
@@ -99,9 +105,9 @@ async def variants(names: list[str], directory: Path, tag: str) -> AsyncIterator
         out = []
         for name in names:
             url = (
-                None
-                if name == FLOOR
-                else await stack.enter_async_context(database(name, directory, tag))
+                await stack.enter_async_context(database(name, directory, tag))
+                if name not in BASELINE_AGENTS
+                else None
             )
             if url is not None:
                 await migrate(url)

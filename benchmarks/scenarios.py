@@ -20,7 +20,7 @@ import anyio
 import httpx
 import orjson
 
-from benchmarks.backends import FLOOR, REPO, Variant, variants
+from benchmarks.backends import FLOOR, REPO, STACK, Variant, variants
 from benchmarks.client import AgentError, AgentProcess, clean_env, spawn
 from benchmarks.fake import BenchLLM, chunk_text, prompt_text, provider_seconds
 from benchmarks.stats import Figure, median, percentile
@@ -132,8 +132,9 @@ class Bench:
             {"OPENAI_BASE_URL": self.llm.base_url_openai, "OPENAI_API_KEY": "sk-bench"},
         )
 
-    def names(self, *, floor: bool = True) -> list[str]:
-        return [FLOOR, *self.backends] if floor else list(self.backends)
+    def names(self, *, floor: bool = True, stack: bool = False) -> list[str]:
+        """The variants to run: the server's backends, after the baseline agents."""
+        return [*([FLOOR] if floor else []), *([STACK] if stack else []), *self.backends]
 
     def add(
         self,
@@ -197,7 +198,7 @@ def _check_chunks(agent: AgentProcess, session_id: str, expected: int) -> None:
 
 async def cold_start(bench: Bench) -> None:
     runs = bench.sizes.cold_runs
-    names = bench.names()
+    names = bench.names(stack=True)
     init: dict[str, list[float]] = {n: [] for n in names}
     first_new: dict[str, list[float]] = {n: [] for n in names}
     first = 0 if bench.sizes.warmup else 1  # run 0 only warms the page cache
@@ -219,7 +220,7 @@ async def cold_start(bench: Bench) -> None:
             name,
             _ms(init[name]),
             "ms",
-            baselines=(FLOOR, "memory"),
+            baselines=(FLOOR, STACK, "memory"),
         )
     for name in names:
         bench.add(
@@ -229,7 +230,7 @@ async def cold_start(bench: Bench) -> None:
             name,
             _ms(first_new[name]),
             "ms",
-            baselines=(FLOOR, "memory", "@spawn → initialize answered"),
+            baselines=(FLOOR, STACK, "memory", "@spawn → initialize answered"),
         )
 
 
@@ -690,7 +691,7 @@ async def _all_at_once(
 async def memory(bench: Bench) -> None:
     sizes = bench.sizes
     few, many = sizes.memory_sessions
-    names = bench.names()
+    names = bench.names(stack=True)
     idle: dict[str, list[float]] = {n: [] for n in names}
     with_few: dict[str, list[float]] = {n: [] for n in names}
     with_many: dict[str, list[float]] = {n: [] for n in names}
@@ -717,7 +718,9 @@ async def memory(bench: Bench) -> None:
         ("memory.many", f"RSS with {many:,} open sessions", with_many),
     ):
         for name in names:
-            bench.add(key, "memory", label, name, values[name], "MB", baselines=(FLOOR, "memory"))
+            bench.add(
+                key, "memory", label, name, values[name], "MB", baselines=(FLOOR, STACK, "memory")
+            )
 
 
 async def run_all(bench: Bench, selected: list[str]) -> None:
