@@ -33,10 +33,10 @@ from acp_server.agent.providers.base import (
     UsageReport,
 )
 from acp_server.agent.providers.http import (
+    Client,
     Endpoint,
     RetryPolicy,
     drain,
-    make_client,
     parse_arguments,
     parse_json,
     sse_events,
@@ -94,7 +94,7 @@ class AnthropicProvider:
             connect_timeout=settings.connect_timeout,
         )
         self._retry = retry or RetryPolicy(max_retries=settings.max_retries)
-        self._client = make_client(settings)
+        self._client = Client(settings)
         self.default_model = settings.model or DEFAULT_MODEL
         self.models = [self.default_model, *(m for m in COMMON_MODELS if m != self.default_model)]
         self.context_window = settings.context_window or CONTEXT_WINDOW

@@ -1,5 +1,9 @@
 """What the HTTP providers share: the client, SSE parsing, errors and retries.
 
+httpx is imported when the first request is made, not with the provider: with its TLS
+setup it costs ~60 ms that opening a session (which only asks for the model list)
+should not pay.
+
 Every failure leaves here as a ``ProviderError`` worded for the person at the editor:
 which endpoint, what went wrong, which setting to check. Credentials never appear:
 messages name the environment variable, never its value, and the endpoint's own error
@@ -13,33 +17,50 @@ import errno
 import random
 import re
 import socket
-import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-import httpx
 import orjson
 
 from acp_server.agent.providers.base import ProviderError, ProviderErrorKind, StreamEvent
 from acp_server.config.settings import ProviderSettings
 
+if TYPE_CHECKING:
+    import httpx
+
 # ---- client --------------------------------------------------------------------------
 
 
-def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
-    """One pooled client per provider; ``read`` bounds the silence between bytes."""
-    timeout = httpx.Timeout(
-        connect=settings.connect_timeout,
-        read=settings.request_timeout,
-        write=settings.request_timeout,
-        pool=settings.connect_timeout,
-    )
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+class Client:
+    """One pooled httpx client per provider, made on its first request."""
+
+    def __init__(self, settings: ProviderSettings):
+        self._settings = settings
+        self._client: httpx.AsyncClient | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            settings = self._settings
+            # ``read`` bounds the silence between bytes.
+            timeout = httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.request_timeout,
+                write=settings.request_timeout,
+                pool=settings.connect_timeout,
+            )
+            self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def display_url(url: str) -> str:
@@ -221,6 +242,8 @@ class Endpoint:
 
     def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
         """Map a connection-level failure to a ``ProviderError``."""
+        import httpx
+
         if isinstance(exc, httpx.ConnectTimeout):
             return ProviderError(
                 ProviderErrorKind.UNREACHABLE,
@@ -272,11 +295,13 @@ class Endpoint:
 
     @asynccontextmanager
     async def post_stream(
-        self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+        self, client: Client, url: str, body: dict[str, Any], headers: dict[str, str]
     ) -> AsyncIterator[httpx.Response]:
         """POST and yield the streaming response; every failure becomes a ProviderError."""
+        import httpx
+
         try:
-            async with client.stream(
+            async with client.get().stream(
                 "POST", url, content=orjson.dumps(body), headers=headers
             ) as response:
                 if response.status_code >= 400:
@@ -321,6 +346,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def _connect_reason(exc: BaseException) -> str:
+    import ssl
+
     for cause in _causes(exc):
         if isinstance(cause, socket.gaierror):
             return "the host name does not resolve"
@@ -338,6 +365,8 @@ def _connect_reason(exc: BaseException) -> str:
 
 
 def _is_tls(exc: BaseException) -> bool:
+    import ssl
+
     return any(isinstance(cause, ssl.SSLError) for cause in _causes(exc))
 
 

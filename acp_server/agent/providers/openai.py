@@ -35,10 +35,10 @@ from acp_server.agent.providers.base import (
     UsageReport,
 )
 from acp_server.agent.providers.http import (
+    Client,
     Endpoint,
     RetryPolicy,
     drain,
-    make_client,
     parse_arguments,
     parse_json,
     sse_events,
@@ -103,7 +103,7 @@ class OpenAIProvider:
             connect_timeout=settings.connect_timeout,
         )
         self._retry = retry or RetryPolicy(max_retries=settings.max_retries)
-        self._client = make_client(settings)
+        self._client = Client(settings)
         self.default_model = settings.model or DEFAULT_MODEL
         others = [m for m in COMMON_MODELS if m != self.default_model] if self._official else []
         self.models = [self.default_model, *others]
