@@ -1,6 +1,6 @@
 """``python -m benchmarks``: measure the server as editors and operators use it.
 
-    python -m benchmarks                  # the full run (~10 min), results/latest.json
+    python -m benchmarks                  # the full run (~3 min), results/latest.json
     python -m benchmarks --smoke          # tiny sizes, a few seconds (CI)
     python -m benchmarks --only stream,turn --backends memory,sqlite
 
