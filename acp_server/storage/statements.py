@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 
-from acp_server.sessions.model import NewItem, Turn
+from acp_server.sessions.model import NewItem, Turn, Usage
 from acp_server.storage import tables
 
 S = tables.sessions
@@ -148,3 +148,18 @@ def finish_params(turn: Turn, finished_at: int) -> dict[str, Any]:
     params["finished_at"] = finished_at
     params["turn"] = turn.id
     return params
+
+
+def session_after_turn_params(
+    session_id: str, usage: Usage, context_tokens: int | None, items: int, now: int
+) -> dict[str, Any]:
+    return {
+        "session": session_id,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_read_tokens,
+        "cost": usage.cost,
+        "context_tokens": context_tokens,
+        "items": items,
+        "now": now,
+    }

@@ -2,8 +2,9 @@
 
 Each method is one short transaction. Counters change with ``col = col + :x`` in SQL,
 never read-modify-write, so concurrent turns and processes lose nothing. Items are an
-append-only log numbered by ``seq``; each append commits at once, so a message that has
-completed survives a crash. Memory mode is the same code on an in-memory SQLite database.
+append-only log numbered by ``seq``; each append commits at once (a turn's last one
+with the turn's end), so a message that has completed survives a crash. Memory mode is
+the same code on an in-memory SQLite database.
 """
 
 from __future__ import annotations
@@ -403,8 +404,8 @@ class SessionStore:
                     # The session row first, as every append locks it: one lock order.
                     if context_tokens is not None or last is not None:
                         usage = turn.usage if context_tokens is not None else Usage()
-                        after = _session_after_turn(
-                            turn.session_id, usage, context_tokens, items=int(last is not None)
+                        after = statements.session_after_turn_params(
+                            turn.session_id, usage, context_tokens, int(last is not None), now
                         )
                         if (await conn.execute(statements.SESSION_AFTER_TURN, after)).rowcount == 0:
                             raise SessionNotFoundError(turn.session_id)
@@ -878,18 +879,3 @@ def _upsert(dialect: str, table: Table, row: dict[str, Any], keys: tuple[str, ..
     return lite.on_conflict_do_update(
         index_elements=keys, set_={name: lite.excluded[name] for name in changed}
     )
-
-
-def _session_after_turn(
-    session_id: str, usage: Usage, context_tokens: int | None, *, items: int
-) -> dict[str, Any]:
-    return {
-        "session": session_id,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_tokens": usage.cached_read_tokens,
-        "cost": usage.cost,
-        "context_tokens": context_tokens,
-        "items": items,
-        "now": now_ms(),
-    }
