@@ -22,7 +22,6 @@ from typing import Any, Literal, TextIO
 import anyio
 import anyio.abc
 import mcp.types as types
-import structlog
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -30,8 +29,9 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from acp_server.agent.tools.base import Tool, ToolContext, ToolError, ToolKind, ToolOutcome
+from acp_server.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CLIENT_INFO = types.Implementation(name="acp-server", version="0.1.0")
 MAX_TOOL_NAME = 64

@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 from pydantic import Field
 
 from acp_server.agent.tools.base import (
@@ -27,8 +26,9 @@ from acp_server.agent.tools.base import (
     ToolOutcome,
 )
 from acp_server.agent.tools.registry import Arguments, BuiltinTool
+from acp_server.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SHELL = "/bin/sh"
 _EXIT_POLL = 0.02
