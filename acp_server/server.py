@@ -153,9 +153,8 @@ async def serve(settings: Settings) -> int:
         try:
             providers.get()
         except ProviderError as exc:
-            print(
-                f"acp-server: {exc.message}; fix --provider or ACP_SERVER_PROVIDER", file=sys.stderr
-            )
+            problem = f"{exc.message}; fix --provider or ACP_SERVER_PROVIDER"
+            print(f"acp-server: {problem}", file=sys.stderr)
             return 2
     channel = StdioChannel(max_line_bytes=settings.transport.max_message_bytes)
     backend = _Backend(settings)

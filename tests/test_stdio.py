@@ -86,6 +86,8 @@ async def test_what_is_queued_when_the_writer_stops_is_flushed_whole():
 
 
 async def test_writes_after_the_editor_closed_its_end_are_dropped():
+    """Before this was handled, the writer task died with BrokenPipeError (failing the
+    task group) and writers past the high-water mark waited for room forever."""
     read_in, write_in = os.pipe()
     read_out, write_out = os.pipe()
     channel = StdioChannel(read_in, write_out)
