@@ -171,7 +171,8 @@ async def serve(settings: Settings) -> int:
                 close_tools=_close_tools,
                 task_group=tg,
             )
-            await Connection(channel, agent.handlers()).serve(on_eof=agent.cancel_turns)
+            connection = Connection(channel, agent.handlers(), notifications=agent.notifications)
+            await connection.serve(on_eof=agent.cancel_turns)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

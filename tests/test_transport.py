@@ -44,6 +44,10 @@ async def test_malformed_input_gets_errors_and_the_server_keeps_serving(home):
             lambda m: "must be a JSON object" in m.get("error", {}).get("message", "")
         )
 
+        early = await server.request("session/list", {})
+        assert early["error"]["code"] == -32600
+        assert "before initialize" in early["error"]["message"]
+        assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
         unknown = await server.request("no/such/method", {})
         assert unknown["error"]["code"] == -32601
         positional = await server.request("session/list", [1, 2])  # type: ignore[arg-type]
@@ -78,7 +82,9 @@ async def test_oversized_line_is_rejected_without_killing_the_server(home, tmp_p
         assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
 
 
-async def test_cancel_request_aborts_a_request_with_32800(home, workspace, tmp_path):
+async def test_cancel_request_on_a_prompt_ends_the_turn_as_cancelled(home, workspace, tmp_path):
+    """``$/cancel_request`` may answer with a partial result; for a prompt that is the
+    turn ending ``cancelled``, stored exactly as ``session/cancel`` stores it."""
     script = tmp_path / "slow.yaml"
     script.write_text(
         "turns:\n  - delay_ms: 200\n    steps:\n      - chunks: ["
@@ -108,7 +114,7 @@ async def test_cancel_request_aborts_a_request_with_32800(home, workspace, tmp_p
         )
         await server.notify("$/cancel_request", {"requestId": "p1"})
         reply = await server.response("p1", timeout=5)
-        assert reply["error"]["code"] == -32800
+        assert reply["result"]["stopReason"] == "cancelled"
         # the session is still usable, and the partial reply was kept
         await server.request("session/list", {})
 

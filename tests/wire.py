@@ -64,8 +64,9 @@ class WireChecker:
         self.checked = 0
 
     def sent(self, message: dict[str, Any]) -> None:
-        if "method" in message and "id" in message:
-            self.requests[message["id"]] = message["method"]
+        request_id = message.get("id")
+        if "method" in message and isinstance(request_id, int | str) and request_id is not True:
+            self.requests[request_id] = message["method"]
 
     def received(self, message: dict[str, Any]) -> None:
         if message.get("jsonrpc") != "2.0":
@@ -86,6 +87,9 @@ class WireChecker:
             return
         if "id" not in message:
             raise WireError(f"a response without an id: {message!r}")
+        validate("RequestId", message["id"])
+        if isinstance(message["id"], bool):
+            raise WireError(f"a boolean response id: {message!r}")
         if "error" in message:
             if "result" in message:
                 raise WireError(f"both result and error: {message!r}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import anyio
 import anyio.lowlevel
 
-from acp_server.agent.history import prompt_parts
+from acp_server.agent.history import model_messages, prompt_parts
 from acp_server.agent.providers.base import (
     AssistantMessage,
     Finish,
@@ -91,13 +91,25 @@ class LiveSession:
     extensions: Any = None
     """The session's MCP connections (``tools.mcp.SessionExtensions``), when it has any."""
     history: list[Message] | None = None
+    synced_seq: int = 0
+    """The session's last ``seq`` that ``history`` reflects; another process that
+    writes to the session moves the stored one past it."""
     turn_scope: anyio.CancelScope | None = None
     busy: bool = False
+    cancel_requested: bool = False
     closed: bool = False
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    def cancel(self) -> None:
+        """Stop the running turn, even one still starting: it stores what it has and
+        answers ``cancelled`` (``session/cancel`` and ``$/cancel_request`` alike)."""
+        if self.busy:
+            self.cancel_requested = True
+        if self.turn_scope is not None:
+            self.turn_scope.cancel()
 
     def roots(self) -> list[Path]:
         return [Path(p).resolve() for p in (self.record.cwd, *self.record.additional_directories)]
@@ -179,15 +191,19 @@ class TurnRunner:
             self.turn,
             NewItem(kind=ItemKind.USER, message_id=new_message_id(), data={"content": prompt}),
         )
+        live.synced_seq += 1
         self._messages = [
             *history,
             UserMessage(prompt_parts(prompt, images=self.provider.supports_images)),
         ]
         stop: StopReason = "cancelled"
         status = TurnStatus.CANCELLED
+        broken = False
         try:
             with anyio.CancelScope() as scope:
                 live.turn_scope = scope
+                if live.cancel_requested:
+                    scope.cancel()
                 try:
                     stop = await self._loop()
                     status = TurnStatus.COMPLETED
@@ -199,23 +215,33 @@ class TurnRunner:
         except Exception:
             # Storage failed under us: what was stored is repaired on the next load;
             # the in-memory history is dropped so it is rebuilt from what was stored.
+            broken = True
             live.history = None
             raise
         finally:
             live.turn_scope = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            await self._finish_segment(last=True)
-            self._close_assistant()
-            self.turn.status = status
-            self.turn.stop_reason = stop
-            self.turn.finished_at = now_ms()
-            await self.service.finish_turn(self.turn, self.context_tokens, self._last)
-            live.record.input_tokens += self.turn.usage.input_tokens
-            live.record.output_tokens += self.turn.usage.output_tokens
-            live.record.cost += self.turn.usage.cost
-            live.record.context_tokens = self.context_tokens or live.record.context_tokens
-            live.history = self._messages
+            if not broken:
+                # Also when a scope outside the turn was cancelled (the request itself,
+                # shutdown): the turn's end is stored whichever way it was stopped.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await self._finish(status, stop)
         return stop
+
+    async def _finish(self, status: TurnStatus, stop: StopReason) -> None:
+        live = self.live
+        await self._finish_segment(last=True)
+        self._close_assistant()
+        self.turn.status = status
+        self.turn.stop_reason = stop
+        self.turn.finished_at = now_ms()
+        await self.service.finish_turn(self.turn, self.context_tokens, self._last)
+        if self._last is not None:
+            live.synced_seq += 1
+        live.record.input_tokens += self.turn.usage.input_tokens
+        live.record.output_tokens += self.turn.usage.output_tokens
+        live.record.cost += self.turn.usage.cost
+        live.record.context_tokens = self.context_tokens or live.record.context_tokens
+        live.history = self._messages
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -228,6 +254,7 @@ class TurnRunner:
             if self.turn.model_calls >= self.config.max_model_calls:
                 return "max_turn_requests"
             self.turn.model_calls += 1
+            await self._catch_up()
             request = ModelRequest(
                 model=self.turn.model or self.provider.default_model,
                 system=system,
@@ -274,6 +301,18 @@ class TurnRunner:
                 continue
             self._close_assistant()
             return _FINISH_TO_STOP[finish]
+
+    async def _catch_up(self) -> None:
+        """Another process may have added to this session (two editors on one
+        database): if so, rebuild the model's view from the store before calling it.
+        Everything this turn said so far is stored by now, so nothing of it is lost."""
+        latest = await self.service.latest_seq(self.live.id)
+        if latest == self.live.synced_seq:
+            return
+        log.info("session changed elsewhere; history reloaded", session_id=self.live.id)
+        items = await self.service.items(self.live.id, for_model=True)
+        self._messages = model_messages(items, images=self.provider.supports_images)
+        self.live.synced_seq = latest
 
     def _add_usage(self, usage: Usage) -> None:
         if usage.cost == 0 and (
@@ -336,6 +375,7 @@ class TurnRunner:
     async def _store(self, item: NewItem) -> None:
         item.turn_id = self.turn.id
         await self.service.append(self.live.id, item)
+        self.live.synced_seq += 1
 
     async def _say_problem(self, message: str) -> None:
         """Tell the person what went wrong, and keep it in the transcript, not in the
@@ -382,6 +422,7 @@ class TurnRunner:
             self.live.id,
             NewItem(kind=ItemKind.TOOL_CALL, message_id=call.id, data=data, turn_id=self.turn.id),
         )
+        self.live.synced_seq += 1
         await self.listener.tool_call(dict(data))
         try:
             outcome = await self._decide_and_run(call, tool, ctx, data)

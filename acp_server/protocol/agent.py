@@ -20,7 +20,13 @@ from acp_server import __version__, errors
 from acp_server.agent.history import model_messages
 from acp_server.agent.providers.base import Provider
 from acp_server.agent.titles import generate_title
-from acp_server.agent.turn import LiveSession, StopReason, TurnConfig, TurnRunner
+from acp_server.agent.turn import (
+    LiveSession,
+    StopReason,
+    TurnConfig,
+    TurnRunner,
+    new_message_id,
+)
 from acp_server.config.settings import Settings
 from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
@@ -97,10 +103,33 @@ class AcpAgent:
         self.connection: Connection | None = None
         self.client = s.ClientCapabilities()
         self.live: dict[str, LiveSession] = {}
+        self._known: set[str] = set()
+        """Sessions this connection opened or listed: the ones it may delete."""
         self._problems: dict[str, list[str]] = {}
 
+    notifications = frozenset({"session/cancel"})
+    """The methods a client sends as notifications; every other one needs an id."""
+
     def handlers(self) -> dict[str, Handler]:
-        return {name: _storage_errors(handler) for name, handler in self._routes().items()}
+        return {
+            name: self._initialized(name, _storage_errors(handler))
+            for name, handler in self._routes().items()
+        }
+
+    def _initialized(self, name: str, handler: Handler) -> Handler:
+        """Refuse every method but ``initialize`` until the client has sent it."""
+        if name == "initialize":
+            return handler
+
+        async def guarded(ctx: RequestContext, params: dict[str, Any]) -> Any:
+            if self.connection is None:
+                raise errors.InvalidRequest(
+                    f"Invalid request: {name} was sent before initialize; send initialize "
+                    "first to agree on the protocol version and capabilities"
+                )
+            return await handler(ctx, params)
+
+        return guarded
 
     def _routes(self) -> dict[str, Handler]:
         return {
@@ -217,12 +246,24 @@ class AcpAgent:
             live.client = EditorBridge(self.connection, record.id, self.client)
         self._problems[record.id] = await self._open_tools(live, mcp_servers, self._tg)
         self.live[record.id] = live
+        self._known.add(record.id)
+        return live
+
+    def _open_here(self, session_id: str) -> LiveSession:
+        """The session, if this connection opened it: a session is prompted, configured,
+        renamed or forked only after session/new, load, resume or fork here."""
+        live = self.live.get(session_id)
+        if live is None:
+            raise errors.ResourceNotFound(
+                f"session {session_id!r} is not open on this connection; open it first "
+                "with session/load or session/resume (or start one with session/new)",
+                data={"sessionId": session_id},
+            )
         return live
 
     async def _shut(self, live: LiveSession) -> None:
         live.closed = True
-        if live.turn_scope is not None:
-            live.turn_scope.cancel()
+        live.cancel()
         with anyio.CancelScope(shield=True):
             await self._close_tools(live)
 
@@ -297,6 +338,7 @@ class AcpAgent:
 
     async def fork_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         request = parse(s.ForkSessionRequest, params)
+        self._open_here(request.session_id)
         service = await self._service()
         record = await service.fork(
             request.session_id,
@@ -311,6 +353,7 @@ class AcpAgent:
         request = parse(s.ListSessionsRequest, params)
         service = await self._service()
         records, cursor = await service.list_page(cwd=request.cwd, cursor=request.cursor)
+        self._known.update(r.id for r in records)
         return s.ListSessionsResponse(
             sessions=[
                 s.SessionInfo(
@@ -327,16 +370,20 @@ class AcpAgent:
 
     async def close_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         request = parse(s.SessionIdRequest, params)
-        live = self.live.pop(request.session_id, None)
-        if live is None:
-            service = await self._service()
-            await service.get(request.session_id)  # -32002 when unknown
-            return {}
+        live = self._open_here(request.session_id)
+        del self.live[request.session_id]
         await self._shut(live)
         return {}
 
     async def delete_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         request = parse(s.SessionIdRequest, params)
+        if request.session_id not in self._known:
+            raise errors.ResourceNotFound(
+                f"session {request.session_id!r} is not known on this connection; list it "
+                "with session/list or open it before deleting it (or use "
+                "`acp-server sessions delete`)",
+                data={"sessionId": request.session_id},
+            )
         live = self.live.pop(request.session_id, None)
         if live is not None:
             await self._shut(live)
@@ -345,15 +392,6 @@ class AcpAgent:
         return {}
 
     # ---- turns -------------------------------------------------------------------------------
-
-    async def _live(self, session_id: str) -> LiveSession:
-        live = self.live.get(session_id)
-        if live is not None:
-            return live
-        service = await self._service()
-        record = await service.get(session_id)
-        await service.store.repair_session(session_id)
-        return await self._reopen(record, None)
 
     def _check_prompt(self, request: s.PromptRequest) -> None:
         images = self.settings.provider.name in IMAGE_PROVIDERS
@@ -373,7 +411,7 @@ class AcpAgent:
     async def prompt(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         request = parse(s.PromptRequest, params)
         self._check_prompt(request)
-        live = await self._live(request.session_id)
+        live = self._open_here(request.session_id)
         if live.busy:
             raise errors.InvalidRequest(
                 f"session {live.id!r} is already answering a prompt; "
@@ -381,6 +419,8 @@ class AcpAgent:
                 data={"sessionId": live.id},
             )
         live.busy = True
+        live.cancel_requested = False
+        ctx.on_cancel = live.cancel
         try:
             stop = await self._turn(ctx, live, request)
         finally:
@@ -397,9 +437,10 @@ class AcpAgent:
         if command is not None:
             return await self._command(ctx, live, *command)
         for problem in self._problems.pop(live.id, []):
-            await listener.message_chunk(f"notice-{live.id}", f"⚠️ {problem}\n\n")
+            await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
         provider = self._provider()
         if live.history is None:
+            live.synced_seq = await service.latest_seq(live.id)
             live.history = model_messages(
                 await service.items(live.id, for_model=True), images=provider.supports_images
             )
@@ -477,14 +518,13 @@ class AcpAgent:
         self, ctx: RequestContext, live: LiveSession, name: str, argument: str
     ) -> StopReason:
         listener = EditorListener(ctx.connection, live.id)
+        message_id = new_message_id()
         if name == "title":
             if not argument:
-                await listener.message_chunk(f"cmd-{live.id}", "Usage: /title <new title>")
+                await listener.message_chunk(message_id, "Usage: /title <new title>")
                 return "end_turn"
             await self._set_title(ctx.connection, live.id, argument)
-            await listener.message_chunk(
-                f"cmd-{live.id}", f"Session renamed to “{argument[:200]}”."
-            )
+            await listener.message_chunk(message_id, f"Session renamed to “{argument[:200]}”.")
         return "end_turn"
 
     async def _set_title(self, connection: Connection, session_id: str, title: str) -> None:
@@ -493,13 +533,12 @@ class AcpAgent:
             raise errors.InvalidParams(
                 "Invalid params: title must not be empty", data={"field": "title"}
             )
+        live = self._open_here(session_id)
         service = await self._service()
         if not await service.store.update(session_id).title(title, by_user=True).apply():
             raise errors.SessionNotFound(session_id)
-        live = self.live.get(session_id)
-        if live is not None:
-            live.record.title = title
-            live.record.title_set_by_user = True
+        live.record.title = title
+        live.record.title_set_by_user = True
         await send_update(connection, session_id, s.SessionInfoUpdate(title=title))
 
     async def rename(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -518,8 +557,8 @@ class AcpAgent:
     async def cancel(self, ctx: RequestContext, params: dict[str, Any]) -> None:
         request = parse(s.SessionIdRequest, params)
         live = self.live.get(request.session_id)
-        if live is not None and live.turn_scope is not None:
-            live.turn_scope.cancel()
+        if live is not None:
+            live.cancel()
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -542,9 +581,8 @@ class AcpAgent:
         return s.SetConfigOptionResponse(config_options=self._state(record)[1]).wire()
 
     async def _configure(self, session_id: str, config_id: str, value: str) -> SessionRecord:
-        live = self.live.get(session_id)
+        record = self._open_here(session_id).record
         service = await self._service()
-        record = live.record if live is not None else await service.get(session_id)
         _, options = self._state(record)
         option = next((o for o in options if o.id == config_id), None)
         if option is None:
@@ -573,8 +611,7 @@ class AcpAgent:
     async def cancel_turns(self) -> None:
         """The client is gone: stop every running turn (each stores what it has)."""
         for live in self.live.values():
-            if live.turn_scope is not None:
-                live.turn_scope.cancel()
+            live.cancel()
 
     async def shutdown(self) -> None:
         for live in list(self.live.values()):

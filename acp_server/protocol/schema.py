@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 PROTOCOL_VERSION = 1
@@ -23,6 +23,7 @@ class AcpModel(BaseModel):
         populate_by_name=True,
         defer_build=True,
         extra="ignore",
+        strict=True,
     )
     field_meta: dict[str, Any] | None = Field(default=None, alias="_meta")
 
@@ -35,6 +36,16 @@ class AcpModel(BaseModel):
 
 
 AbsPath = Annotated[str, Field(min_length=1)]
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("must be omitted rather than null")
+    return value
+
+
+NotNull = BeforeValidator(_not_null)
+"""For optional fields whose schema type does not include null: omit, or give a value."""
 
 # ---- content -------------------------------------------------------------------------
 
@@ -213,21 +224,21 @@ McpServer = McpServerHttp | McpServerSse | McpServerStdio
 class NewSessionRequest(AcpModel):
     cwd: AbsPath
     mcp_servers: list[McpServer]
-    additional_directories: list[AbsPath] | None = None
+    additional_directories: Annotated[list[AbsPath] | None, NotNull] = None
 
 
 class LoadSessionRequest(AcpModel):
     session_id: str
     cwd: AbsPath
     mcp_servers: list[McpServer]
-    additional_directories: list[AbsPath] | None = None
+    additional_directories: Annotated[list[AbsPath] | None, NotNull] = None
 
 
 class ResumeSessionRequest(AcpModel):
     session_id: str
     cwd: AbsPath
-    mcp_servers: list[McpServer] | None = None
-    additional_directories: list[AbsPath] | None = None
+    mcp_servers: Annotated[list[McpServer] | None, NotNull] = None
+    additional_directories: Annotated[list[AbsPath] | None, NotNull] = None
 
 
 class ForkSessionRequest(ResumeSessionRequest):

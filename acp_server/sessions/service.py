@@ -76,9 +76,17 @@ def decode_cursor(cursor: str, cwd: str | None) -> ListKey:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = orjson.loads(raw)
-        key = ListKey(updated_at=int(data["u"]), id=str(data["i"]))
-    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
         raise problem from None
+    if not (
+        isinstance(data, dict)
+        and type(data.get("u")) is int
+        and 0 <= data["u"] < 1 << 62
+        and isinstance(data.get("i"), str)
+        and len(data["i"]) <= 200
+    ):
+        raise problem
+    key = ListKey(updated_at=data["u"], id=data["i"])
     if data.get("c") != cwd:
         raise InvalidParams(
             "invalid cursor: it belongs to a listing with a different cwd filter",
@@ -218,6 +226,9 @@ class SessionService:
         if for_model:
             return await self.store.load_items(session_id, agent_visible=True)
         return await self.store.load_items(session_id, user_visible=True)
+
+    async def latest_seq(self, session_id: str) -> int:
+        return await self.store.latest_seq(session_id)
 
     async def append(self, session_id: str, item: NewItem) -> Item:
         return await self.store.append_item(session_id, item)

@@ -338,6 +338,13 @@ class SessionStore:
         async with self._begin() as conn:
             return (await conn.execute(stmt)).rowcount
 
+    async def latest_seq(self, session_id: str) -> int:
+        """The highest ``seq`` in the session (0 when empty): one indexed read, which
+        tells a live session whether another process has written since it last looked."""
+        query = select(func.max(I.c.seq)).where(I.c.session_id == session_id)
+        async with self._read() as conn:
+            return int(await conn.scalar(query) or 0)
+
     async def load_items(
         self,
         session_id: str,

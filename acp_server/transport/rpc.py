@@ -1,28 +1,29 @@
 """Bidirectional JSON-RPC 2.0 over a line channel.
 
-Incoming requests and notifications are dispatched by jsonrpcserver, each request in
-its own task so a long ``session/prompt`` never blocks ``session/cancel``. Every line is
-parsed once (orjson) and handed to jsonrpcserver through its ``deserializer`` hook, and
-its per-message JSON-Schema validation is replaced by the cheap envelope check below.
-The agent's own requests to the client (permission, fs, terminal) are matched to their
-responses by id. The transport knows JSON-RPC only; handlers are plain coroutines.
+Incoming requests are dispatched by jsonrpcserver, each in its own task so a long
+``session/prompt`` never blocks ``session/cancel``; at most ``max_inflight`` run at once
+and the rest wait in a queue bounded by bytes (past it a request is answered "busy" at
+once), so a flood can neither exhaust memory nor starve the database pool. Responses and
+notifications are never queued: an answer the client owes us always gets through. Every
+line is parsed once (orjson) and handed to jsonrpcserver through its ``deserializer``
+hook; its per-message JSON-Schema validation is replaced by the cheap envelope check
+below. No input of any JSON type can end the read loop, and every request gets exactly
+one response. The transport knows JSON-RPC only; handlers are plain coroutines.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
 import orjson
-from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_response
-from jsonrpcserver.response import SuccessResponse
-from jsonrpcserver.result import Result
-from jsonrpcserver.sentinels import NODATA
+from jsonrpcserver import JsonRpcError, Result, Success, async_dispatch_to_serializable
 
 from acp_server import errors
 from acp_server.logs import get_logger
@@ -32,6 +33,12 @@ log = get_logger("acp_server.rpc")
 
 CANCEL_REQUEST = "$/cancel_request"
 RequestId = int | str | None
+MAX_INFLIGHT = 32
+MAX_QUEUED_BYTES = 16 << 20
+MAX_DEPTH = 128
+"""Deeper JSON than this is refused: nothing in ACP nests near it, and the JSON encoder
+that stores a prompt gives up past 254 levels."""
+_INT64 = 1 << 63
 
 
 @dataclass(slots=True)
@@ -42,6 +49,9 @@ class RequestContext:
     request_id: RequestId
     method: str
     after_response: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_cancel: Callable[[], None] | None = None
+    """How ``$/cancel_request`` stops this request, when the handler has a gentler way
+    than cancelling its task (a prompt turn ends as ``cancelled`` and stores its end)."""
 
     def then(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``callback`` once the response has been written (e.g. updates a client
@@ -82,9 +92,9 @@ def _adapt(handler: Handler) -> Callable[..., Awaitable[Result]]:
         try:
             result = await handler(ctx, params)
         except errors.RpcError as exc:
-            raise JsonRpcError(
-                exc.code, exc.message, NODATA if exc.data is None else exc.data
-            ) from None
+            if exc.data is None:
+                raise JsonRpcError(exc.code, exc.message) from None
+            raise JsonRpcError(exc.code, exc.message, exc.data) from None
         except Exception:
             log.exception("request failed", method=ctx.method, request_id=ctx.request_id)
             raise JsonRpcError(
@@ -115,27 +125,81 @@ def _error(request_id: RequestId, code: int, message: str, data: Any = None) -> 
     return _encode({"jsonrpc": "2.0", "id": request_id, "error": error})
 
 
-def _envelope_problem(message: dict[str, Any]) -> str | None:
-    """The JSON-RPC 2.0 request rules jsonrpcserver's schema would check, done cheaply."""
+def _valid_id(value: Any) -> bool:
+    """ACP's RequestId: null, a string, or an integer within int64 (never a boolean)."""
+    if value is None or isinstance(value, str):
+        return True
+    return type(value) is int and -_INT64 <= value < _INT64
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether containers nest deeper than ``limit``, without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _envelope_problem(message: dict[str, Any]) -> tuple[int, str] | None:
+    """The JSON-RPC 2.0 and ACP request rules, checked cheaply: (code, message)."""
     if message.get("jsonrpc") != "2.0":
-        return 'Invalid request: "jsonrpc" must be "2.0"'
+        return errors.INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"'
     if not isinstance(message.get("method"), str):
-        return 'Invalid request: "method" must be a string'
-    if "id" in message and not (
-        message["id"] is None
-        or (isinstance(message["id"], str | int) and not isinstance(message["id"], bool))
-    ):
-        return 'Invalid request: "id" must be a string, a number or null'
-    if "params" in message and not isinstance(message["params"], dict | list):
-        return 'Invalid request: "params" must be an object'
+        return errors.INVALID_REQUEST, 'Invalid request: "method" must be a string'
+    if "id" in message and not _valid_id(message["id"]):
+        return (
+            errors.INVALID_REQUEST,
+            'Invalid request: "id" must be a string, an integer or null',
+        )
+    if "params" in message:
+        params = message["params"]
+        if not isinstance(params, dict):
+            return errors.INVALID_PARAMS, "Invalid params: params must be an object"
+        if _too_deep(params):
+            return (
+                errors.INVALID_PARAMS,
+                f"Invalid params: nested more than {MAX_DEPTH} levels deep",
+            )
     return None
 
 
+@dataclass(slots=True, eq=False)
+class _Request:
+    """A request accepted from the client: waiting for a slot, or running."""
+
+    message: dict[str, Any]
+    id: RequestId
+    size: int
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    ctx: RequestContext | None = None
+    started: bool = False
+
+
 class Connection:
-    def __init__(self, channel: StdioChannel, handlers: Mapping[str, Handler]):
+    def __init__(
+        self,
+        channel: StdioChannel,
+        handlers: Mapping[str, Handler],
+        *,
+        notifications: Collection[str] = (),
+        max_inflight: int = MAX_INFLIGHT,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
+    ):
         self._channel = channel
         self._methods = {name: _adapt(handler) for name, handler in handlers.items()}
-        self._inflight: dict[RequestId, anyio.CancelScope] = {}
+        self._notifications = frozenset(notifications)
+        self._max_inflight = max_inflight
+        self._max_queued_bytes = max_queued_bytes
+        self._requests: dict[RequestId, _Request] = {}
+        self._queue: deque[_Request] = deque()
+        self._queued_bytes = 0
+        self._running = 0
         self._waiters: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._closed = False
@@ -195,8 +259,9 @@ class Connection:
             raise ConnectionClosed(f"the client disconnected before answering {method}")
         if "error" in answer:
             error = answer["error"] if isinstance(answer["error"], dict) else {}
+            code = error.get("code")
             raise PeerError(
-                int(error.get("code", errors.INTERNAL_ERROR)),
+                code if type(code) is int else errors.INTERNAL_ERROR,
                 str(error.get("message", "error")),
                 error.get("data"),
             )
@@ -208,7 +273,7 @@ class Connection:
         self, *, on_eof: Callable[[], Awaitable[None]] | None = None, drain_seconds: float = 5.0
     ) -> None:
         """Read until EOF; then run ``on_eof`` (which stops long work such as turns),
-        give in-flight requests ``drain_seconds`` to answer, and cancel the rest."""
+        give accepted requests ``drain_seconds`` to answer, and cancel the rest."""
         try:
             await self._serve(on_eof, drain_seconds)
         finally:
@@ -232,18 +297,22 @@ class Connection:
                         )
                     )
                     continue
-                await self._receive(line, tg)
+                try:
+                    await self._receive(line)
+                except Exception:
+                    # Last line of defence: one message must never end the read loop.
+                    log.exception("message could not be handled", size=len(line))
             self._closed = True
             for waiter in self._waiters.values():
                 waiter.event.set()
             if on_eof is not None:
                 await on_eof()
-            if self._inflight:
+            if self._requests:
                 with anyio.move_on_after(drain_seconds):
                     await self._drained.wait()
             tg.cancel_scope.cancel()
 
-    async def _receive(self, line: bytes, tg: anyio.abc.TaskGroup) -> None:
+    async def _receive(self, line: bytes) -> None:
         if not line.strip():
             return
         try:
@@ -270,16 +339,18 @@ class Connection:
         if "method" not in message and ("result" in message or "error" in message):
             self._route_response(message)
             return
+        request_id = message.get("id") if _valid_id(message.get("id")) else None
         problem = _envelope_problem(message)
-        request_id = message.get("id") if isinstance(message.get("id"), int | str) else None
         if problem:
             if "id" in message or "method" not in message:
-                await self._channel.write(_error(request_id, errors.INVALID_REQUEST, problem))
+                await self._channel.write(_error(request_id, *problem))
+            else:
+                log.warning("malformed notification dropped", problem=problem[1])
             return
         if "id" not in message:
             await self._notification(message)
             return
-        if request_id in self._inflight:
+        if request_id in self._requests:
             await self._channel.write(
                 _error(
                     request_id,
@@ -288,13 +359,42 @@ class Connection:
                 )
             )
             return
-        scope = self._inflight[request_id] = anyio.CancelScope()
-        tg.start_soon(self._run_request, message, request_id, scope)
+        request = _Request(message, request_id, len(line))
+        if self._running < self._max_inflight:
+            self._start(request)
+        elif self._queued_bytes + request.size <= self._max_queued_bytes:
+            self._requests[request_id] = request
+            self._queue.append(request)
+            self._queued_bytes += request.size
+        else:
+            log.warning("request refused: queue full", queued=len(self._queue))
+            await self._channel.write(
+                _error(
+                    request_id,
+                    errors.INTERNAL_ERROR,
+                    f"Server busy: {len(self._queue)} requests are already waiting; "
+                    "send this one again once some have been answered",
+                    {"busy": True},
+                )
+            )
+
+    def _start(self, request: _Request) -> None:
+        assert self._tg is not None
+        self._requests[request.id] = request
+        request.started = True
+        self._running += 1
+        self._tg.start_soon(self._run_request, request)
 
     def _route_response(self, message: dict[str, Any]) -> None:
-        waiter = self._waiters.get(message.get("id"))  # type: ignore[arg-type]
-        if waiter is None:
-            log.warning("response to an unknown request dropped", id=message.get("id"))
+        raw = message.get("id")
+        key: int | None = None
+        if type(raw) is int:
+            key = raw
+        elif isinstance(raw, str) and raw.isdecimal() and len(raw) < 20:
+            key = int(raw)  # some clients echo our integer ids as strings
+        waiter = self._waiters.get(key) if key is not None else None
+        if waiter is None or waiter.message is not None:
+            log.warning("response to an unknown request dropped", id=repr(raw)[:100])
             return
         waiter.message = message
         waiter.event.set()
@@ -304,55 +404,77 @@ class Connection:
         if method == CANCEL_REQUEST:
             params = message.get("params")
             target = params.get("requestId") if isinstance(params, dict) else None
-            scope = self._inflight.get(target)
-            if scope is not None:
-                scope.cancel()
+            if _valid_id(target):
+                await self._cancel(target)
+            else:
+                log.warning("$/cancel_request with an invalid requestId ignored")
             return
-        if method not in self._methods:
+        if method in self._notifications:
+            await self._dispatch(message, None)
+        elif method in self._methods:
+            log.warning("request sent as a notification ignored: it needs an id", method=method)
+        else:
             log.debug("unknown notification ignored", method=method)
-            return
-        assert self._tg is not None
-        self._tg.start_soon(self._dispatch, message, None)
 
-    async def _run_request(
-        self, message: dict[str, Any], request_id: RequestId, scope: anyio.CancelScope
-    ) -> None:
-        ctx: RequestContext | None = None
-        try:
-            with scope:
-                ctx = await self._dispatch(message, request_id)
-        finally:
-            self._inflight.pop(request_id, None)
-            if self._closed and not self._inflight:
-                self._drained.set()
-        if scope.cancelled_caught:
+    async def _cancel(self, request_id: RequestId) -> None:
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        if not request.started:
+            self._queue.remove(request)
+            self._queued_bytes -= request.size
+            del self._requests[request_id]
             await self._channel.write(
                 _error(request_id, errors.REQUEST_CANCELLED, "Request cancelled")
             )
-        if ctx is not None:
-            for callback in ctx.after_response:
+            self._check_drained()
+        elif request.ctx is not None and request.ctx.on_cancel is not None:
+            request.ctx.on_cancel()
+        else:
+            request.scope.cancel()
+
+    async def _run_request(self, request: _Request) -> None:
+        response: dict[str, Any] | None = None
+        try:
+            with request.scope:
+                response = await self._dispatch(request.message, request.id, request)
+        finally:
+            del self._requests[request.id]
+            self._running -= 1
+            while self._queue and self._running < self._max_inflight:
+                queued = self._queue.popleft()
+                self._queued_bytes -= queued.size
+                self._start(queued)
+            self._check_drained()
+        if response is None:
+            response = {
+                "jsonrpc": "2.0",
+                "id": request.id,
+                "error": {"code": errors.REQUEST_CANCELLED, "message": "Request cancelled"},
+            }
+        await self._channel.write(_encode(response))
+        if request.ctx is not None:
+            for callback in request.ctx.after_response:
                 await callback()
 
-    async def _dispatch(self, message: dict[str, Any], request_id: RequestId) -> RequestContext:
+    def _check_drained(self) -> None:
+        if self._closed and not self._requests:
+            self._drained.set()
+
+    async def _dispatch(
+        self, message: dict[str, Any], request_id: RequestId, request: _Request | None = None
+    ) -> dict[str, Any] | None:
+        """Run the handler through jsonrpcserver; the response dict (None for a
+        notification)."""
         ctx = RequestContext(self, request_id, message["method"])
-        response = await async_dispatch_to_response(
+        if request is not None:
+            request.ctx = ctx
+        response = await async_dispatch_to_serializable(
             "",
             self._methods,
             context=ctx,
             deserializer=lambda _: message,
             validator=lambda request: request,
         )
-        if response is not None:
-            await self._channel.write(_encode(_response_dict(response)))
-        return ctx
-
-
-def _response_dict(response: Any) -> dict[str, Any]:
-    """jsonrpcserver's Either[ErrorResponse, SuccessResponse] as a JSON-RPC dict."""
-    value = response._error if hasattr(response, "_error") else response._value
-    if isinstance(value, SuccessResponse):
-        return {"jsonrpc": "2.0", "id": value.id, "result": value.result}
-    error: dict[str, Any] = {"code": value.code, "message": value.message}
-    if value.data is not NODATA:
-        error["data"] = value.data
-    return {"jsonrpc": "2.0", "id": value.id, "error": error}
+        assert not isinstance(response, list)
+        return response
