@@ -55,6 +55,13 @@ class RawServer:
         self._arrived = anyio.Condition()
         self._next_id = 1000
         self.responder: Responder | None = None
+        self.killed = False
+
+    async def kill(self) -> None:
+        """SIGKILL the server, as a crash would, and wait for it to be gone."""
+        self.killed = True
+        self.process.kill()
+        await self.process.wait()
 
     async def send_raw(self, data: bytes) -> None:
         for line in data.splitlines():
@@ -115,7 +122,7 @@ class RawServer:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 await self._take(line)
-        if buffer.strip():
+        if buffer.strip() and not self.killed:  # SIGKILL may cut the last line short
             await self._take(buffer)
 
     async def _take(self, line: bytes) -> None:

@@ -8,6 +8,7 @@ the ACP schema by the harness (response ids included).
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -404,3 +405,81 @@ async def test_a_second_process_on_the_session_is_seen_before_the_next_model_cal
         seen = json.dumps(llm.requests[2]["messages"])
         for text in ("from one", "answer one", "from two", "answer two", "from three"):
             assert text in seen, (text, seen)
+
+
+def _rows(db: Path, sid: str) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT seq, message_id, kind FROM session_items WHERE session_id = ? ORDER BY seq",
+            (sid,),
+        ).fetchall()
+
+
+async def test_a_crash_loop_loses_nothing_committed_and_doubles_nothing(home, workspace, tmp_path):
+    """SIGKILL at random points of turns (chosen by counting updates, not by time), then
+    load: every item committed before a kill is still there, once, in order."""
+    rng = random.Random(20261202)
+    turn = (
+        "  - delay_ms: 2\n    steps:\n"
+        "      - thought: [Let me, ' look']\n"
+        "      - message: Reading it.\n"
+        "      - tool_call: {name: read_file, arguments: {path: README.md}}\n"
+        "      - tool_call: {name: write_file, arguments: {path: out.txt, content: x}}\n"
+        "      - chunks: [It, ' says', ' demo', ' project', .]\n"
+    )
+    provider = script(tmp_path, "turns:\n" + turn * 12)
+    config = tmp_path / "c.yaml"
+    config.write_text("agent:\n  generate_titles: false\n  default_mode: auto\n")
+    db = tmp_path / "s.db"
+    args = ["--database-url", f"sqlite:///{db}", "--provider", provider, "--config", str(config)]
+    sid: str | None = None
+    committed: list[tuple[int, str, str]] = []
+    for _ in range(10):
+        async with raw_server(args, server_env(home)) as server:
+            if sid is None:
+                sid = await open_session(server, workspace)
+            else:
+                await server.request("initialize", INIT)
+                load = {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+                assert "result" in await server.request("session/load", load)
+            before = len(server.messages)
+            await server.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": "p",
+                    "method": "session/prompt",
+                    "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
+                }
+            )
+            wanted = rng.randrange(0, 14)
+            await server.wait_for(
+                lambda m, b=before, w=wanted: (
+                    sum(1 for x in server.messages[b:] if x.get("method") == "session/update") >= w
+                    or m.get("id") == "p"
+                )
+            )
+            await server.kill()
+        rows = _rows(db, sid)
+        assert rows[: len(committed)] == committed, "an item committed before a kill changed"
+        assert len({message_id for _, message_id, _ in rows}) == len(rows), "an item doubled"
+        committed = rows
+    assert sid is not None
+    async with raw_server(args, server_env(home)) as server:
+        await server.request("initialize", INIT)
+        load = {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+        assert "result" in await server.request("session/load", load)
+        replayed = {
+            u.get("messageId") or u.get("toolCallId")
+            for u in server.updates(sid)
+            if u["sessionUpdate"] != "available_commands_update"
+        }
+    visible = {message_id for _, message_id, kind in committed if kind != "summary"}
+    assert visible <= replayed, visible - replayed
+    with sqlite3.connect(db) as conn:
+        statuses = {row[0] for row in conn.execute("SELECT status FROM chat_tasks")}
+        tool_states = [
+            json.loads(row[0])["status"]
+            for row in conn.execute("SELECT data FROM session_items WHERE kind = 'tool_call'")
+        ]
+    assert "running" not in statuses, statuses
+    assert "pending" not in tool_states and "in_progress" not in tool_states, tool_states
