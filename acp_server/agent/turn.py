@@ -247,8 +247,9 @@ class TurnRunner:
 
     async def _loop(self) -> StopReason:
         specs = [ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()]
-        system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(
-            cwd=self.live.record.cwd
+        # Only the literal "{cwd}" is filled in: any other brace is the user's text.
+        system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).replace(
+            "{cwd}", self.live.record.cwd
         )
         while True:
             if self.turn.model_calls >= self.config.max_model_calls:

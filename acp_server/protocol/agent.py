@@ -462,17 +462,12 @@ class AcpAgent:
         first = not live.record.title and not any(
             getattr(m, "role", "") == "assistant" for m in live.history
         )
-        title_done = anyio.Event()
         if first and settings.agent.generate_titles and not live.record.title_set_by_user:
-            self._tg.start_soon(
-                self._title_task, ctx.connection, live, provider, blocks, title_done
-            )
-        else:
-            title_done.set()
+            # The title arrives as session_info_update whenever it is ready; the turn
+            # never waits for it.
+            self._tg.start_soon(self._title_task, ctx.connection, live, provider, blocks)
         stop = await runner.run(blocks, live.history)
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(2.0):
-                await title_done.wait()
             await self._usage(ctx.connection, live, provider)
         return stop
 
@@ -482,7 +477,6 @@ class AcpAgent:
         live: LiveSession,
         provider: Provider,
         blocks: list[dict[str, Any]],
-        done: anyio.Event,
     ) -> None:
         try:
             with anyio.move_on_after(30):
@@ -497,8 +491,6 @@ class AcpAgent:
                 await send_update(connection, live.id, s.SessionInfoUpdate(title=title))
         except Exception:
             log.warning("title generation failed", session_id=live.id, exc_info=True)
-        finally:
-            done.set()
 
     async def _usage(self, connection: Connection, live: LiveSession, provider: Provider) -> None:
         record = live.record
@@ -564,7 +556,14 @@ class AcpAgent:
 
     async def set_mode(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         request = parse(s.SetModeRequest, params)
-        await self._configure(request.session_id, "mode", request.mode_id)
+        record = await self._configure(request.session_id, "mode", request.mode_id, "modeId")
+        # Clients that show the mode as a config option see it change there too.
+        options = self._state(record)[1]
+        ctx.then(
+            lambda: send_update(
+                ctx.connection, record.id, s.ConfigOptionUpdate(config_options=options)
+            )
+        )
         return {}
 
     async def set_config_option(
@@ -577,10 +576,19 @@ class AcpAgent:
                 "not a boolean",
                 data={"field": "value"},
             )
-        record = await self._configure(request.session_id, request.config_id, request.value)
+        record = await self._configure(
+            request.session_id, request.config_id, request.value, "value"
+        )
+        if request.config_id == "mode":
+            # Clients that follow modes (current_mode_update) see it change there too.
+            mode = s.CurrentModeUpdate(current_mode_id=request.value)
+            ctx.then(lambda: send_update(ctx.connection, record.id, mode))
         return s.SetConfigOptionResponse(config_options=self._state(record)[1]).wire()
 
-    async def _configure(self, session_id: str, config_id: str, value: str) -> SessionRecord:
+    async def _configure(
+        self, session_id: str, config_id: str, value: str, field: str
+    ) -> SessionRecord:
+        """Set the mode or the model; ``field`` is the request's name for ``value``."""
         record = self._open_here(session_id).record
         service = await self._service()
         _, options = self._state(record)
@@ -596,7 +604,7 @@ class AcpAgent:
             raise errors.InvalidParams(
                 f"Invalid params: {value!r} is not a value of {config_id}; "
                 f"choose one of {', '.join(allowed)}",
-                data={"field": "value" if config_id != "mode" else "modeId"},
+                data={"field": field},
             )
         update = service.store.update(session_id)
         if config_id == "mode":

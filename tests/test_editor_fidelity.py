@@ -1,0 +1,84 @@
+"""What real editors ran into: modes kept in sync both ways, errors naming the request's
+own field, any text in the system prompt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fake_llm import FakeLLM, Reply
+from tests.harness import INIT, raw_server, server_env
+
+pytestmark = pytest.mark.anyio
+
+
+async def open_session(server, cwd: Path) -> str:
+    await server.request("initialize", INIT)
+    reply = await server.request("session/new", {"cwd": str(cwd), "mcpServers": []})
+    return reply["result"]["sessionId"]
+
+
+async def test_mode_and_the_mode_config_option_move_together(home, workspace):
+    async with raw_server(["--memory"], server_env(home)) as server:
+        sid = await open_session(server, workspace)
+        assert "result" in await server.request(
+            "session/set_mode", {"sessionId": sid, "modeId": "read-only"}
+        )
+        option_update = await server.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "config_option_update"
+            )
+        )
+        options = option_update["params"]["update"]["configOptions"]
+        assert next(o for o in options if o["id"] == "mode")["currentValue"] == "read-only"
+
+        reply = await server.request(
+            "session/set_config_option", {"sessionId": sid, "configId": "mode", "value": "auto"}
+        )
+        assert (
+            next(o for o in reply["result"]["configOptions"] if o["id"] == "mode")["currentValue"]
+            == "auto"
+        )
+        mode_update = await server.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "current_mode_update"
+            )
+        )
+        assert mode_update["params"]["update"]["currentModeId"] == "auto"
+
+
+async def test_an_invalid_value_names_the_field_the_request_used(home, workspace):
+    async with raw_server(["--memory"], server_env(home)) as server:
+        sid = await open_session(server, workspace)
+        by_option = await server.request(
+            "session/set_config_option", {"sessionId": sid, "configId": "mode", "value": "yolo"}
+        )
+        assert by_option["error"]["data"] == {"field": "value"}
+        by_mode = await server.request("session/set_mode", {"sessionId": sid, "modeId": "yolo"})
+        assert by_mode["error"]["data"] == {"field": "modeId"}
+
+
+async def test_braces_in_the_system_prompt_are_the_users_text(home, workspace, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "agent:\n  generate_titles: false\n"
+        "  system_prompt: 'Answer as {\"json\": true} in {cwd}; never {format} or {0}.'\n"
+    )
+    with FakeLLM() as llm:
+        llm.queue(Reply(text_chunks=["fine"]))
+        env = server_env(home, {"OPENAI_BASE_URL": llm.base_url_openai, "OPENAI_API_KEY": "k"})
+        args = ["--memory", "--provider", "openai", "--config", str(config)]
+        async with raw_server(args, env) as server:
+            sid = await open_session(server, workspace)
+            reply = await server.request(
+                "session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "hi"}]}
+            )
+            assert reply["result"]["stopReason"] == "end_turn"
+        system = llm.requests[0]["messages"][0]
+    assert system["role"] == "system"
+    assert json.dumps(system["content"]).count("{format} or {0}") == 1
+    assert f"in {workspace};" in system["content"]
