@@ -82,3 +82,75 @@ async def test_braces_in_the_system_prompt_are_the_users_text(home, workspace, t
     assert system["role"] == "system"
     assert json.dumps(system["content"]).count("{format} or {0}") == 1
     assert f"in {workspace};" in system["content"]
+
+
+async def test_a_failed_model_call_is_an_error_answer_and_what_streamed_is_kept(
+    home, workspace, tmp_path
+):
+    config = tmp_path / "c.yaml"
+    config.write_text("agent:\n  generate_titles: false\nprovider:\n  max_retries: 0\n")
+    with FakeLLM() as llm:
+        llm.queue(Reply(text_chunks=["half an answer"], stream_error="Overloaded"))
+        env = server_env(home, {"OPENAI_BASE_URL": llm.base_url_openai, "OPENAI_API_KEY": "k"})
+        args = ["--memory", "--provider", "openai", "--config", str(config)]
+        async with raw_server(args, env) as server:
+            sid = await open_session(server, workspace)
+            reply = await server.request(
+                "session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "hi"}]}
+            )
+            assert reply["error"]["code"] == -32603
+            assert reply["error"]["message"].startswith("The model call failed: ")
+            assert set(reply["error"]["data"]) == {"kind", "retryable"}
+            chunks = [
+                u["content"]["text"]
+                for u in server.updates(sid)
+                if u["sessionUpdate"] == "agent_message_chunk"
+            ]
+            assert chunks[0] == "half an answer"
+            assert chunks[-1].startswith("\n\n⚠️ ")
+            await server.request("session/close", {"sessionId": sid})
+            before = len(server.updates(sid))
+            await server.request(
+                "session/load", {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+            )
+            replayed = [
+                u["content"]["text"]
+                for u in server.updates(sid)[before:]
+                if u["sessionUpdate"] == "agent_message_chunk"
+            ]
+            assert replayed == chunks
+
+
+@pytest.mark.parametrize(
+    "answer", [{"outcome": "yes please"}, {"outcome": {"outcome": "selected", "optionId": "x"}}]
+)
+async def test_an_unreadable_permission_answer_is_not_called_a_rejection(
+    home, workspace, tmp_path, answer
+):
+    script = tmp_path / "s.yaml"
+    script.write_text(
+        "turns:\n  - steps:\n"
+        "      - tool_call: {name: write_file, arguments: {path: a.txt, content: x}}\n"
+        "      - message: done\n"
+    )
+
+    async def respond(message):
+        return answer
+
+    args = ["--memory", "--provider", f"script:{script}"]
+    async with raw_server(args, server_env(home), responder=respond) as server:
+        sid = await open_session(server, workspace)
+        reply = await server.request(
+            "session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]}
+        )
+        assert reply["result"]["stopReason"] == "end_turn"
+        final = [
+            u
+            for u in server.updates(sid)
+            if u["sessionUpdate"] == "tool_call_update" and u.get("status") == "failed"
+        ]
+        text = json.dumps(final)
+        assert "no usable answer to the permission request" in text
+        assert "rejected" not in text
+    assert not (workspace / "a.txt").exists()
+    assert "permission answer" in server.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -161,7 +162,10 @@ async def test_unreachable_provider_gives_a_readable_message_and_a_proper_stop(
     async with raw_server(args, env) as server:
         sid = await new_session(server, workspace)
         reply = await server.request("session/prompt", prompt(sid, "hi"), timeout=60)
-        assert reply["result"]["stopReason"] == "end_turn"
+        # Scripts and headless clients must see a failure, not a successful end_turn.
+        assert reply["error"]["code"] == -32603
+        assert reply["error"]["data"] == {"kind": "unreachable", "retryable": True}
+        assert "127.0.0.1:9" in reply["error"]["message"]
         message = agent_text(server, sid)
         assert "127.0.0.1:9" in message and "OPENAI_BASE_URL" in message
         # the server keeps serving
@@ -174,7 +178,9 @@ async def test_provider_auth_failure_is_explained_without_the_key(home, workspac
     args = ["--memory", "--provider", "openai", "--config", config(tmp_path, NO_TITLES)]
     async with raw_server(args, openai_env(home, llm)) as server:
         sid = await new_session(server, workspace)
-        await server.request("session/prompt", prompt(sid, "hi"))
+        reply = await server.request("session/prompt", prompt(sid, "hi"))
+        assert reply["error"]["data"] == {"kind": "auth", "retryable": False}
+        assert "sk-test-secret-key" not in json.dumps(reply)
         message = agent_text(server, sid)
         assert "401" in message and "sk-test-secret-key" not in message
     assert "sk-test-secret-key" not in server.stderr
@@ -191,8 +197,13 @@ async def test_titles_and_usage_appear_and_persist(home, workspace, tmp_path):
             await server.request(
                 "session/prompt", prompt(sid, "please refactor the authentication module")
             )
-            info = [u for u in server.updates(sid) if u["sessionUpdate"] == "session_info_update"]
-            assert info and info[-1]["title"] == "Refactoring auth module"
+            info = await server.wait_for(
+                lambda m: (
+                    m.get("method") == "session/update"
+                    and m["params"]["update"]["sessionUpdate"] == "session_info_update"
+                )
+            )
+            assert info["params"]["update"]["title"] == "Refactoring auth module"
             # a person's title is never overwritten
             await server.request("session/prompt", prompt(sid, "/title My auth work"))
             await server.request("session/prompt", prompt(sid, "more"))

@@ -55,7 +55,10 @@ if TYPE_CHECKING:
 
 log = get_logger("acp_server.turn")
 
-Decision = Literal["allow_once", "allow_always", "reject_once", "reject_always", "cancelled"]
+Decision = Literal[
+    "allow_once", "allow_always", "reject_once", "reject_always", "cancelled", "unanswered"
+]
+"""``unanswered``: the editor's reply was an error or could not be read."""
 StopReason = Literal["end_turn", "max_tokens", "max_turn_requests", "refusal", "cancelled"]
 
 _FINISH_TO_STOP: dict[FinishReason, StopReason] = {
@@ -184,6 +187,10 @@ class TurnRunner:
         self._messages: list[Message] = []
         self._pending_results: list[ToolResult] = []
         self._last: NewItem | None = None
+        self._said = False
+        self.failure: ProviderError | None = None
+        """The provider failure that ended the turn, after retries (stored, and then
+        the prompt's answer is an error)."""
 
     async def run(self, prompt: list[dict[str, Any]], history: list[Message]) -> StopReason:
         live = self.live
@@ -211,6 +218,7 @@ class TurnRunner:
                     await self._finish_segment()
                     await self._say_problem(exc.message)
                     self.turn.error = exc.message
+                    self.failure = exc
                     stop, status = "end_turn", TurnStatus.FAILED
         except Exception:
             # Storage failed under us: what was stored is repaired on the next load;
@@ -340,6 +348,7 @@ class TurnRunner:
         if not text:
             return
         if kind == ItemKind.AGENT:
+            self._said = True
             await self.listener.message_chunk(segment.message_id, text)
         else:
             await self.listener.thought_chunk(segment.message_id, text)
@@ -382,12 +391,13 @@ class TurnRunner:
         """Tell the person what went wrong, and keep it in the transcript, not in the
         model's context."""
         message_id = new_message_id()
-        await self.listener.message_chunk(message_id, f"⚠️ {message}")
+        text = f"{chr(10) * 2 if self._said else ''}⚠️ {message}"
+        await self.listener.message_chunk(message_id, text)
         await self._store(
             NewItem(
                 kind=ItemKind.AGENT,
                 message_id=message_id,
-                data={"text": f"⚠️ {message}"},
+                data={"text": text},
                 agent_visible=False,
             )
         )
@@ -481,6 +491,12 @@ class TurnRunner:
                     self.live.record.permission_rules = rules
                     await self.service.store.update(self.live.id).permission_rules(rules).apply()
                     rule = rules[call.name]
+                elif decision == "unanswered":
+                    return ToolOutcome(
+                        "the editor gave no usable answer to the permission request, so this "
+                        f"{call.name} call was not run; ask the user before trying again",
+                        is_error=True,
+                    )
                 elif decision == "reject_once":
                     rule = "reject"
                 else:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from acp_server import __version__, errors
 from acp_server.agent.history import model_messages
-from acp_server.agent.providers.base import Provider
+from acp_server.agent.providers.base import Provider, ProviderError
 from acp_server.agent.titles import generate_title
 from acp_server.agent.turn import (
     LiveSession,
@@ -469,6 +469,8 @@ class AcpAgent:
         stop = await runner.run(blocks, live.history)
         with anyio.CancelScope(shield=True):
             await self._usage(ctx.connection, live, provider)
+        if runner.failure is not None:
+            raise _failed_turn(runner.failure)
         return stop
 
     async def _title_task(
@@ -638,6 +640,21 @@ def _storage_errors(handler: Handler) -> Handler:
             raise errors.InternalError(str(exc)) from None
 
     return guarded
+
+
+_RETRYABLE = {"rate_limit", "server", "timeout", "unreachable"}
+
+
+def _failed_turn(failure: ProviderError) -> errors.RpcError:
+    """A turn the model call failed: an error answer (what streamed is kept), saying
+    what kind of failure it was and whether sending the prompt again may help."""
+    return errors.InternalError(
+        f"The model call failed: {failure.message}",
+        data={
+            "kind": str(failure.kind),
+            "retryable": failure.retryable or str(failure.kind) in _RETRYABLE,
+        },
+    )
 
 
 def _command(blocks: list[dict[str, Any]]) -> tuple[str, str] | None:

@@ -13,8 +13,11 @@ import orjson
 
 from acp_server.agent.tools.base import ExitStatus, ToolError
 from acp_server.agent.turn import Decision
+from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
 from acp_server.transport.rpc import Connection, PeerError
+
+log = get_logger("acp_server.client")
 
 
 class ClientRequestFailed(ToolError):
@@ -96,13 +99,18 @@ class EditorListener:
         try:
             answer = await self.connection.request("session/request_permission", request.wire())
             outcome = s.RequestPermissionResponse.model_validate(answer).outcome
-        except (PeerError, ValueError):
-            return "reject_once"
+        except PeerError as exc:
+            log.warning("permission request failed in the editor", error=exc.message)
+            return "unanswered"
+        except ValueError as exc:
+            log.warning("unreadable permission answer", error=str(exc)[:500])
+            return "unanswered"
         if outcome.outcome == "cancelled":
             return "cancelled"
         if outcome.option_id in ("allow_once", "allow_always", "reject_once", "reject_always"):
             return outcome.option_id  # type: ignore[return-value]
-        return "reject_once"
+        log.warning("permission answer with an unknown option", option=outcome.option_id)
+        return "unanswered"
 
 
 def tool_call_start(data: dict[str, Any]) -> s.ToolCallStart:
