@@ -158,8 +158,10 @@ def _make_parent(path: Path) -> None:
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine, *, wal: bool) -> None:
-    """Set on every new connection: SQLite forgets pragmas between connections."""
-    pragmas = ["busy_timeout=30000", "foreign_keys=ON"]
+    """Set on every new connection: SQLite forgets pragmas between connections.
+    ``secure_delete`` zeroes deleted rows and freed pages, so what a user deletes does
+    not stay readable in the file."""
+    pragmas = ["busy_timeout=30000", "foreign_keys=ON", "secure_delete=ON"]
     if wal:
         pragmas += ["journal_mode=WAL", "synchronous=NORMAL"]
 

@@ -10,7 +10,13 @@ the same code on an in-memory SQLite database.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -196,6 +202,17 @@ class SessionStore:
                 async with self.engine.connect() as conn:
                     yield conn
 
+    async def _forget_deleted(self) -> None:
+        """After a delete on SQLite: ``secure_delete`` zeroed the rows in the database
+        file, but the WAL still holds older copies of their pages; fold it into the file
+        and truncate it. Best effort (the delete is done): a reader still on an old
+        snapshot keeps the WAL, and the next delete or SQLite's own checkpoint retries."""
+        if self.backend != "sqlite":
+            return
+        with anyio.move_on_after(WRITE_TIMEOUT_S, shield=True), suppress(DBAPIError, OSError):
+            async with self._writes, self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     @contextmanager
     def _unavailable(self) -> Iterator[None]:
         """A database that stops answering becomes one plain line (``StoreUnavailable``);
@@ -242,6 +259,8 @@ class SessionStore:
                 frontier = [row[0] for row in children if row[0] not in doomed]
                 doomed += frontier
             result = await conn.execute(delete(S).where(S.c.id.in_(doomed)))
+        if result.rowcount:
+            await self._forget_deleted()
         return result.rowcount > 0
 
     async def list_sessions(
@@ -539,6 +558,8 @@ class SessionStore:
                     )
                     deleted += (await conn.execute(delete(T).where(T.c.id.in_(ids)))).rowcount
             if len(ids) < batch_size:
+                if deleted:
+                    await self._forget_deleted()
                 return deleted
 
     async def delete_feedback_before(self, cutoff_ms: int, *, batch_size: int = 500) -> int:
@@ -550,6 +571,8 @@ class SessionStore:
                 if ids:
                     deleted += (await conn.execute(delete(F).where(F.c.id.in_(ids)))).rowcount
             if len(ids) < batch_size:
+                if deleted:
+                    await self._forget_deleted()
                 return deleted
 
     # import and insights (``acp-server sessions import`` / ``insights``)
