@@ -92,10 +92,11 @@ def test_a_server_that_lost_a_secret_is_not_restorable() -> None:
         {"name": "arg", "command": "srv", "args": ["--token", "x"], "env": []},
         {"type": "http", "name": "url", "url": "https://h/mcp?key=x", "headers": []},
         {"type": "http", "name": "user", "url": "https://a:b@h/mcp", "headers": []},
+        {"name": "odd", "command": "srv", "args": 5, "env": "x", "headers": None, "url": 7},
     ]
     record = SessionRecord(id="s", cwd="/", mcp_servers=scrub_mcp_servers(servers))
     restorable, problems = SessionService.restorable_mcp_servers(record)
-    assert [server["name"] for server in restorable] == ["plain"]
+    assert [server["name"] for server in restorable] == ["plain", "odd"]
     assert len(problems) == 3
     assert all("was not restarted: its secrets are never stored" in p for p in problems)
 

@@ -168,11 +168,16 @@ def scrub_mcp_servers(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def has_redactions(server: dict[str, Any]) -> bool:
     """Whether a stored entry lost a secret, so it cannot be restarted as it is."""
-    entries = [*(server.get("env") or []), *(server.get("headers") or [])]
+    entries = [*_list(server.get("env")), *_list(server.get("headers"))]
     if any(isinstance(entry, dict) and entry.get("value") == REDACTED for entry in entries):
         return True
-    texts = [server.get("url"), *(server.get("args") or [])]
+    texts = [server.get("url"), *_list(server.get("args"))]
     return any(isinstance(text, str) and REDACTED in text for text in texts)
+
+
+def _list(value: Any) -> list[Any]:
+    """A stored field that should be a list (an imported file may say otherwise)."""
+    return value if isinstance(value, list) else []
 
 
 def secrets_of(server: dict[str, Any]) -> tuple[str, ...]:
