@@ -317,6 +317,53 @@ def test_list_export_import_insights(persistent_db_url: str, home: Path) -> None
     assert without_ids(again) == without_ids(original)
 
 
+def test_no_command_writes_an_mcp_secret(tmp_path: Path, home: Path) -> None:
+    """Even a row that holds secrets (written by a version with fewer redaction rules,
+    or a file imported from elsewhere) never reaches a command's output or the import."""
+    servers = [
+        {
+            "type": "http",
+            "name": "api",
+            "url": "https://me:pw-Xy12@h/mcp?token=tk-Zw34",
+            "headers": [{"name": "Authorization", "value": "Bearer hd-Qa56"}],
+        },
+        {"name": "gh", "command": "gh-mcp", "args": ["--api-key", "ak-Rt78"], "env": []},
+    ]
+    secrets = ("pw-Xy12", "tk-Zw34", "hd-Qa56", "ak-Rt78")
+    url = sqlite_url(tmp_path)
+
+    async def store_raw() -> None:
+        async with await open_store(url) as store:
+            await store.create_session(
+                SessionRecord(id="sess-m", cwd="/work/m", mcp_servers=servers)
+            )
+
+    run(store_raw)
+    db = ["--database-url", url]
+    exported = tmp_path / "m.json"
+    outputs = cli_all(
+        home,
+        [
+            ["sessions", "export", "sess-m", "-o", str(exported), *db],
+            ["sessions", "export", "sess-m", *db],
+            ["sessions", "show", "sess-m", "--json", *db],
+            ["sessions", "list", "--json", *db],
+        ],
+    )
+    stored = json.loads(exported.read_text())["session"]["mcp_servers"]
+    assert [server["name"] for server in stored] == ["api", "gh"]
+    assert stored[0]["url"] == "https://me:<redacted>@h/mcp?token=<redacted>"
+    leaky = tmp_path / "leaky.json"
+    leaky.write_text(exported.read_text().replace("<redacted>", "pw-Xy12"))
+    new_id = ok(cli(home, "sessions", "import", str(leaky), *db)).strip()
+    assert new_id
+    texts = [ok(result) for result in outputs] + [exported.read_text()]
+    raw = b"".join(path.read_bytes() for path in tmp_path.glob("sessions.db*"))
+    for secret in secrets:
+        assert all(secret not in text for text in texts), secret
+    assert raw.count(b"pw-Xy12") == 1, "only the row written behind the server's back"
+
+
 def test_show_and_markdown_render_every_item_kind(tmp_path: Path, home: Path) -> None:
     url = sqlite_url(tmp_path)
     run(seed, url)

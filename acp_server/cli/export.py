@@ -45,6 +45,7 @@ from acp_server.sessions.model import (
     Usage,
     now_ms,
 )
+from acp_server.sessions.redaction import scrub_mcp_servers
 
 FORMAT = "acp-server.session"
 VERSION = 1
@@ -60,11 +61,19 @@ def document(
         "version": VERSION,
         "exported_at": now_ms(),
         "exported_by": f"acp-server {__version__}",
-        "session": record.model_dump(mode="json"),
+        "session": session_json(record),
         "items": [item.model_dump(mode="json", exclude={"session_id"}) for item in items],
         "turns": [turn.model_dump(mode="json", exclude={"session_id"}) for turn in turns],
         "extension_state": state,
     }
+
+
+def session_json(record: SessionRecord) -> dict[str, Any]:
+    """The sessions row as JSON, its MCP list scrubbed once more: a row written before
+    a redaction rule existed must not leak through a command's output."""
+    session = record.model_dump(mode="json")
+    session["mcp_servers"] = scrub_mcp_servers(record.mcp_servers)
+    return session
 
 
 # import
@@ -179,6 +188,7 @@ def as_new_session(
             "id": session_id,
             "parent_id": None,
             "type": SessionType.USER if source.type == SessionType.SUBAGENT else source.type,
+            "mcp_servers": scrub_mcp_servers(source.mcp_servers),
         }
     )
     turns = [

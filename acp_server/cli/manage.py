@@ -309,7 +309,9 @@ async def sessions_list(args: argparse.Namespace, settings: Settings) -> int:
         records, more = await store.list_sessions(cwd=cwd, types=types, limit=args.limit)
         total = await store.count_sessions(cwd=cwd, types=types) if more else len(records)
     if args.json:
-        print_json({"sessions": [r.model_dump(mode="json") for r in records], "total": total})
+        from acp_server.cli.export import session_json
+
+        print_json({"sessions": [session_json(r) for r in records], "total": total})
         return 0
     if not records:
         out("no sessions" + (f" in {cwd}" if cwd else ""))

@@ -1,9 +1,10 @@
 """Sessions and their storage: create, find, list, fork, delete, record turns.
 
 The service validates what a session is made of (absolute, existing directories),
-keeps secrets out of the database (MCP env values and header values are never
-stored), repairs turns a crash interrupted, and hides the store's keys behind opaque
-list cursors. It knows nothing about ACP messages or models.
+keeps secrets out of the database (MCP env and header values, URL credentials and
+secret arguments are never stored: see ``redaction``), repairs turns a crash
+interrupted, and hides the store's keys behind opaque list cursors. It knows nothing
+about ACP messages or models.
 """
 
 from __future__ import annotations
@@ -27,30 +28,17 @@ from acp_server.sessions.model import (
     Turn,
     now_ms,
 )
+from acp_server.sessions.redaction import has_redactions, scrub_mcp_servers
 
 if TYPE_CHECKING:  # the store imports SQLAlchemy, which stays off the start-up path
     from acp_server.storage.store import ListKey, SessionStore
 
 PAGE_SIZE = 50
-_REDACTED = "<redacted>"
 
 
 def new_session_id() -> str:
     """122 random bits from the OS: unguessable and globally unique."""
     return str(uuid.uuid4())
-
-
-def scrub_mcp_servers(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The MCP server list as stored: names kept, env and header values dropped (they
-    are where tokens live; the client resends them on load/resume)."""
-    scrubbed = []
-    for server in servers:
-        copy = dict(server)
-        for key in ("env", "headers"):
-            if isinstance(copy.get(key), list):
-                copy[key] = [{"name": entry.get("name"), "value": _REDACTED} for entry in copy[key]]
-        scrubbed.append(copy)
-    return scrubbed
 
 
 def check_directory(path: str, what: str) -> str:
@@ -171,8 +159,7 @@ class SessionService:
         each that cannot (its secrets were never stored)."""
         restorable, problems = [], []
         for server in record.mcp_servers:
-            entries = [*server.get("env", []), *server.get("headers", [])]
-            if any(entry.get("value") == _REDACTED for entry in entries):
+            if has_redactions(server):
                 problems.append(
                     f"MCP server '{server.get('name')}' was not restarted: its secrets are never "
                     "stored, so the editor must send it again (session/load or session/resume "

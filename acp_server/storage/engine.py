@@ -158,8 +158,10 @@ def _make_parent(path: Path) -> None:
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine, *, wal: bool) -> None:
-    """Set on every new connection: SQLite forgets pragmas between connections."""
-    pragmas = ["busy_timeout=30000", "foreign_keys=ON"]
+    """Set on every new connection: SQLite forgets pragmas between connections.
+    ``secure_delete`` zeroes deleted rows and freed pages, so what a user deletes does
+    not stay readable in the file."""
+    pragmas = ["busy_timeout=30000", "foreign_keys=ON", "secure_delete=ON"]
     if wal:
         pragmas += ["journal_mode=WAL", "synchronous=NORMAL"]
 
@@ -222,6 +224,27 @@ def describe_connect_error(exc: BaseException, url: URL) -> str:
     return f"cannot open {label} database {redact(url)} ({detail}); {URL_HINT}"
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A failure that rolled the transaction back and goes away if it runs again: a
+    deadlock or lock wait timeout (MySQL/MariaDB 1213, 1205), a serialization failure
+    or deadlock (PostgreSQL 40001, 40P01), a busy or locked SQLite database."""
+    for error in _exception_chain(exc):
+        if getattr(error, "sqlstate", None) in _PG_TRANSIENT:
+            return True
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(code, int) and (code & 0xFF) in _SQLITE_TRANSIENT:
+            return True
+        if type(error).__module__.startswith("pymysql") and error.args:
+            if error.args[0] in _MYSQL_TRANSIENT:
+                return True
+        if type(error).__module__ == "sqlite3" and "database is locked" in str(error):
+            return True
+    return False
+
+
+_PG_TRANSIENT = {"40001", "40P01"}
+_MYSQL_TRANSIENT = {1205, 1213}
+_SQLITE_TRANSIENT = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 _AUTH_ERRORS = {"InvalidAuthorizationSpecificationError", "InvalidPasswordError"}
 

@@ -1,18 +1,27 @@
 """SessionStore: the one object the rest of the server uses to keep sessions in SQL.
 
-Each method is one short transaction. Counters change with ``col = col + :x`` in SQL,
-never read-modify-write, so concurrent turns and processes lose nothing. Items are an
-append-only log numbered by ``seq``; each append commits at once (a turn's last one
-with the turn's end), so a message that has completed survives a crash. Memory mode is
-the same code on an in-memory SQLite database.
+Each method is one short transaction, run again from the start when a deadlock, lock
+timeout, serialization failure or busy database rolls it back (``_write``). Counters
+change with ``col = col + :x`` in SQL, never read-modify-write, so concurrent turns and
+processes lose nothing. Items are an append-only log numbered by ``seq``; each append
+commits at once (a turn's last one with the turn's end), so a message that has
+completed survives a crash. Memory mode is the same code on an in-memory SQLite
+database.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 from sqlalchemy import (
@@ -33,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from acp_server.logs import get_logger
 from acp_server.sessions.model import (
     LISTED_TYPES,
     TOOL_FINAL_STATUSES,
@@ -53,15 +63,27 @@ from acp_server.storage.engine import (
     check_connection,
     create_engine,
     is_memory,
+    is_transient,
     memory_url,
     normalize_url,
     redact,
 )
 from acp_server.storage.migrate import upgrade
 
+log = get_logger(__name__)
+
 INTERRUPTED_RESULT = "interrupted: the server stopped before this tool finished"
-APPEND_ATTEMPTS = 5
 WRITE_TIMEOUT_S = 60
+WRITE_ATTEMPTS = 8
+"""Runs of a write transaction that a deadlock or a busy database rolled back."""
+DUPLICATE_ATTEMPTS = 5
+"""Runs of an append whose ``seq`` another writer took first."""
+RETRY_BASE_S = 0.01
+RETRY_CAP_S = 0.5
+
+R = TypeVar("R")
+Work = Callable[[AsyncConnection], Awaitable[R]]
+"""One write transaction's statements, run on the connection given; see ``_write``."""
 
 S = tables.sessions
 T = tables.turns
@@ -118,6 +140,8 @@ class SessionStore:
         # and return are two more trips to aiosqlite's thread on every write.
         self._keeps_writer = backend in ("sqlite", "memory")
         self._writer: AsyncConnection | None = None
+        self.retries = 0
+        """Write transactions run again (deadlock, busy database, a ``seq`` taken)."""
 
     @classmethod
     async def open(
@@ -165,29 +189,50 @@ class SessionStore:
         async with self._read() as conn:
             await conn.exec_driver_sql("SELECT 1")
 
-    @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction that, once started, finishes even if the caller is
-        cancelled (a cancelled turn still keeps what it completed)."""
+    async def _write(self, work: Work[R], *, duplicates: bool = False) -> R:
+        """Run ``work`` in one write transaction and return what it returns.
+
+        Once started, the transaction finishes even if the caller is cancelled (a
+        cancelled turn still keeps what it completed). A deadlock, lock wait timeout,
+        serialization failure or busy database rolls it back, and ``work`` runs again
+        from the start after a short random pause, a few times at most; with
+        ``duplicates``, so does a duplicate key (another writer took the same ``seq``).
+        So ``work`` must change nothing but the database through ``conn``: whatever it
+        computes, it returns.
+        """
         with anyio.fail_after(WRITE_TIMEOUT_S, shield=True), self._unavailable():
             async with self._serial, self._writes:
-                if not self._keeps_writer:
-                    async with self.engine.begin() as conn:
-                        yield conn
-                    return
-                if self._writer is None:
-                    self._writer = await self.engine.connect()
-                writer = self._writer
-                try:
-                    async with writer.begin():
-                        yield writer
-                except IntegrityError:
-                    raise
-                except (DBAPIError, OSError, TimeoutError):
-                    # Whatever broke may have broken the connection too: start afresh.
-                    self._writer = None
-                    await writer.close()
-                    raise
+                for attempt in range(1, WRITE_ATTEMPTS + 1):
+                    try:
+                        return await self._attempt(work)
+                    except IntegrityError:
+                        if not duplicates or attempt >= DUPLICATE_ATTEMPTS:
+                            raise
+                    except DBAPIError as exc:
+                        if attempt == WRITE_ATTEMPTS or not is_transient(exc):
+                            raise
+                        log.debug("write retried", attempt=attempt, error=str(exc.orig)[:200])
+                    self.retries += 1
+                    await anyio.sleep(_backoff(attempt))
+                raise AssertionError("unreachable")
+
+    async def _attempt(self, work: Work[R]) -> R:
+        if not self._keeps_writer:
+            async with self.engine.begin() as conn:
+                return await work(conn)
+        if self._writer is None:
+            self._writer = await self.engine.connect()
+        writer = self._writer
+        try:
+            async with writer.begin():
+                return await work(writer)
+        except IntegrityError:
+            raise
+        except (DBAPIError, OSError, TimeoutError):
+            # Whatever broke may have broken the connection too: start afresh.
+            self._writer = None
+            await writer.close()
+            raise
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -195,6 +240,17 @@ class SessionStore:
             with self._unavailable():
                 async with self.engine.connect() as conn:
                     yield conn
+
+    async def _forget_deleted(self) -> None:
+        """After a delete on SQLite: ``secure_delete`` zeroed the rows in the database
+        file, but the WAL still holds older copies of their pages; fold it into the file
+        and truncate it. Best effort (the delete is done): a reader still on an old
+        snapshot keeps the WAL, and the next delete or SQLite's own checkpoint retries."""
+        if self.backend != "sqlite":
+            return
+        with anyio.move_on_after(WRITE_TIMEOUT_S, shield=True), suppress(DBAPIError, OSError):
+            async with self._writes, self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextmanager
     def _unavailable(self) -> Iterator[None]:
@@ -216,8 +272,7 @@ class SessionStore:
     # sessions
 
     async def create_session(self, record: SessionRecord) -> None:
-        async with self._begin() as conn:
-            await conn.execute(insert(S).values(session_values(record)))
+        await self._write(_run(insert(S).values(session_values(record))))
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as conn:
@@ -231,7 +286,8 @@ class SessionStore:
     async def delete_session(self, session_id: str) -> bool:
         """Hard delete; items, turns, state, feedback and subagent/hidden descendants go
         with it. Forks are sessions of their own: they stay, their parent link cleared."""
-        async with self._begin() as conn:
+
+        async def work(conn: AsyncConnection) -> int:
             doomed, frontier = [session_id], [session_id]
             while frontier:
                 children = await conn.execute(
@@ -241,8 +297,12 @@ class SessionStore:
                 )
                 frontier = [row[0] for row in children if row[0] not in doomed]
                 doomed += frontier
-            result = await conn.execute(delete(S).where(S.c.id.in_(doomed)))
-        return result.rowcount > 0
+            return (await conn.execute(delete(S).where(S.c.id.in_(doomed)))).rowcount
+
+        if not await self._write(work):
+            return False
+        await self._forget_deleted()
+        return True
 
     async def list_sessions(
         self,
@@ -290,21 +350,16 @@ class SessionStore:
     async def append_item(self, session_id: str, item: NewItem) -> Item:
         """Append and commit. Locking the session row first orders concurrent appenders;
         a duplicate ``seq`` (another writer won a race anyway) is retried."""
-        for attempt in range(APPEND_ATTEMPTS):
-            try:
-                return await self._append_once(session_id, item)
-            except IntegrityError:
-                if attempt == APPEND_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _append_once(self, session_id: str, item: NewItem) -> Item:
         now = now_ms()
         params = statements.item_params(session_id, item, now)
-        async with self._begin() as conn:
+
+        async def work(conn: AsyncConnection) -> int:
             await self._bump(conn, params)
             seq = int(await conn.scalar(statements.NEXT_SEQ, params) or 0)
             await conn.execute(statements.INSERT_ITEM, {**params, "seq": seq})
+            return seq
+
+        seq = await self._write(work, duplicates=True)
         return Item.model_construct(
             session_id=session_id,
             seq=seq,
@@ -324,8 +379,7 @@ class SessionStore:
     async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None:
         """Replace an item's data, e.g. a tool call reaching its final state."""
         stmt = update(I).where(I.c.session_id == session_id, I.c.seq == seq).values(data=data)
-        async with self._begin() as conn:
-            await conn.execute(stmt)
+        await self._write(_run(stmt))
 
     async def hide_from_agent(self, session_id: str, *, through_seq: int) -> int:
         """Compaction: items up to ``through_seq`` leave the model's context, not the
@@ -335,8 +389,7 @@ class SessionStore:
             .where(I.c.session_id == session_id, I.c.seq <= through_seq, I.c.agent_visible)
             .values(agent_visible=False)
         )
-        async with self._begin() as conn:
-            return (await conn.execute(stmt)).rowcount
+        return await self._write(_run(stmt))
 
     async def latest_seq(self, session_id: str) -> int:
         """The highest ``seq`` in the session (0 when empty): one indexed read, which
@@ -382,20 +435,18 @@ class SessionStore:
     async def start_turn(self, turn: Turn, prompt: NewItem | None = None) -> None:
         """Record a turn, and with it the user's prompt, in one transaction: each write
         is a round trip to the database, and a turn should not pay for two."""
-        for attempt in range(APPEND_ATTEMPTS):
-            try:
-                async with self._begin() as conn:
-                    if prompt is None:
-                        await conn.execute(statements.INSERT_TURN, statements.turn_values(turn))
-                        return
-                    params = statements.item_params(turn.session_id, prompt, now_ms())
-                    await self._bump(conn, params)
-                    await conn.execute(statements.INSERT_TURN, statements.turn_values(turn))
-                    await conn.execute(statements.APPEND_ITEM, params)
-                return
-            except IntegrityError:
-                if prompt is None or attempt == APPEND_ATTEMPTS - 1:
-                    raise
+        values = statements.turn_values(turn)
+        if prompt is None:
+            await self._write(_run(statements.INSERT_TURN, values))
+            return
+        params = statements.item_params(turn.session_id, prompt, now_ms())
+
+        async def work(conn: AsyncConnection) -> None:
+            await self._bump(conn, params)
+            await conn.execute(statements.INSERT_TURN, values)
+            await conn.execute(statements.APPEND_ITEM, params)
+
+        await self._write(work, duplicates=True)
 
     async def finish_turn(
         self, turn: Turn, context_tokens: int | None = None, *, last: NewItem | None = None
@@ -405,28 +456,25 @@ class SessionStore:
         ``context_tokens``, the turn's usage is added to the session's counters (SQL
         increments, so concurrent turns lose nothing)."""
         now = now_ms()
-        for attempt in range(APPEND_ATTEMPTS):
-            try:
-                async with self._begin() as conn:
-                    # The session row first, as every append locks it: one lock order.
-                    if context_tokens is not None or last is not None:
-                        usage = turn.usage if context_tokens is not None else Usage()
-                        after = statements.session_after_turn_params(
-                            turn.session_id, usage, context_tokens, int(last is not None), now
-                        )
-                        if (await conn.execute(statements.SESSION_AFTER_TURN, after)).rowcount == 0:
-                            raise SessionNotFoundError(turn.session_id)
-                    if last is not None:
-                        params = statements.item_params(turn.session_id, last, now)
-                        await conn.execute(statements.APPEND_ITEM, params)
-                    await conn.execute(
-                        statements.FINISH_TURN,
-                        statements.finish_params(turn, turn.finished_at or now),
-                    )
-                return
-            except IntegrityError:
-                if last is None or attempt == APPEND_ATTEMPTS - 1:
-                    raise
+        after = None
+        if context_tokens is not None or last is not None:
+            usage = turn.usage if context_tokens is not None else Usage()
+            after = statements.session_after_turn_params(
+                turn.session_id, usage, context_tokens, int(last is not None), now
+            )
+        params = None if last is None else statements.item_params(turn.session_id, last, now)
+        finish = statements.finish_params(turn, turn.finished_at or now)
+
+        async def work(conn: AsyncConnection) -> None:
+            # The session row first, as every append locks it: one lock order.
+            if after is not None:
+                if (await conn.execute(statements.SESSION_AFTER_TURN, after)).rowcount == 0:
+                    raise SessionNotFoundError(turn.session_id)
+            if params is not None:
+                await conn.execute(statements.APPEND_ITEM, params)
+            await conn.execute(statements.FINISH_TURN, finish)
+
+        await self._write(work, duplicates=last is not None)
 
     async def list_turns(self, session_id: str) -> list[Turn]:
         query = select(T).where(T.c.session_id == session_id).order_by(T.c.started_at, T.c.id)
@@ -438,7 +486,8 @@ class SessionStore:
         calls fail, so a resumed session never carries a dangling call. Idempotent;
         returns how many turns and items it changed."""
         now = now_ms()
-        async with self._begin() as conn:
+
+        async def work(conn: AsyncConnection) -> int:
             turns = await conn.execute(
                 update(T)
                 .where(T.c.session_id == session_id, T.c.status == TurnStatus.RUNNING.value)
@@ -461,7 +510,9 @@ class SessionStore:
                     .values(data=bindparam("b_data", type_=I.c.data.type)),
                     fixes,
                 )
-        return turns.rowcount + len(fixes)
+            return turns.rowcount + len(fixes)
+
+        return await self._write(work)
 
     # fork
 
@@ -476,13 +527,16 @@ class SessionStore:
             [c.name for c in X.c],
             select(*(_forked(c, new.id) for c in X.c)).where(X.c.session_id == source_id),
         )
-        async with self._begin() as conn:
+
+        async def work(conn: AsyncConnection) -> None:
             await conn.execute(insert(S).values(session_values(new)))
             if await conn.scalar(select(S.c.id).where(S.c.id == source_id)) is None:
                 raise SessionNotFoundError(source_id)
             copied = (await conn.execute(copy_items)).rowcount
             await conn.execute(copy_state)
             await conn.execute(update(S).where(S.c.id == new.id).values(message_count=copied))
+
+        await self._write(work)
 
     # extension state
 
@@ -494,13 +548,11 @@ class SessionStore:
     async def set_extension_state(self, session_id: str, key: str, value: Any) -> None:
         """Insert or replace one namespaced, versioned key such as ``todo.v1``."""
         row = {"session_id": session_id, "key": key, "value": value, "updated_at": now_ms()}
-        async with self._begin() as conn:
-            await conn.execute(_upsert(conn.dialect.name, X, row, ("session_id", "key")))
+        await self._write(_run(_upsert(self.engine.dialect.name, X, row, ("session_id", "key"))))
 
     async def delete_extension_state(self, session_id: str, key: str) -> bool:
         stmt = delete(X).where(X.c.session_id == session_id, X.c.key == key)
-        async with self._begin() as conn:
-            return (await conn.execute(stmt)).rowcount > 0
+        return await self._write(_run(stmt)) > 0
 
     # feedback
 
@@ -523,40 +575,53 @@ class SessionStore:
             "comment": comment,
             "created_at": created_at or now_ms(),
         }
-        async with self._begin() as conn:
-            await conn.execute(insert(F).values(row))
+        await self._write(_run(insert(F).values(row)))
 
     # retention
 
     async def delete_turns_before(self, cutoff_ms: int, *, batch_size: int = 500) -> int:
         """Delete turns started before ``cutoff_ms`` with their items and feedback, one
         transaction per batch, keeping ``message_count`` right. Returns turns deleted."""
+
+        async def batch(conn: AsyncConnection) -> tuple[int, int]:
+            ids = await _oldest(conn, T, T.c.started_at, cutoff_ms, batch_size)
+            if not ids:
+                return 0, 0
+            in_batch = I.c.turn_id.in_(ids)
+            lost = select(func.count()).where(I.c.session_id == S.c.id, in_batch)
+            owners = select(T.c.session_id).where(T.c.id.in_(ids))
+            await conn.execute(
+                update(S)
+                .where(S.c.id.in_(owners))
+                .values(message_count=S.c.message_count - lost.scalar_subquery())
+            )
+            return len(ids), (await conn.execute(delete(T).where(T.c.id.in_(ids)))).rowcount
+
         deleted = 0
         while True:
-            async with self._begin() as conn:
-                ids = await _oldest(conn, T, T.c.started_at, cutoff_ms, batch_size)
-                if ids:
-                    in_batch = I.c.turn_id.in_(ids)
-                    lost = select(func.count()).where(I.c.session_id == S.c.id, in_batch)
-                    owners = select(T.c.session_id).where(T.c.id.in_(ids))
-                    await conn.execute(
-                        update(S)
-                        .where(S.c.id.in_(owners))
-                        .values(message_count=S.c.message_count - lost.scalar_subquery())
-                    )
-                    deleted += (await conn.execute(delete(T).where(T.c.id.in_(ids)))).rowcount
-            if len(ids) < batch_size:
+            found, gone = await self._write(batch)
+            deleted += gone
+            if found < batch_size:
+                if deleted:
+                    await self._forget_deleted()
                 return deleted
 
     async def delete_feedback_before(self, cutoff_ms: int, *, batch_size: int = 500) -> int:
         """Delete feedback older than ``cutoff_ms`` in batches; returns rows deleted."""
+
+        async def batch(conn: AsyncConnection) -> tuple[int, int]:
+            ids = await _oldest(conn, F, F.c.created_at, cutoff_ms, batch_size)
+            if not ids:
+                return 0, 0
+            return len(ids), (await conn.execute(delete(F).where(F.c.id.in_(ids)))).rowcount
+
         deleted = 0
         while True:
-            async with self._begin() as conn:
-                ids = await _oldest(conn, F, F.c.created_at, cutoff_ms, batch_size)
-                if ids:
-                    deleted += (await conn.execute(delete(F).where(F.c.id.in_(ids)))).rowcount
-            if len(ids) < batch_size:
+            found, gone = await self._write(batch)
+            deleted += gone
+            if found < batch_size:
+                if deleted:
+                    await self._forget_deleted()
                 return deleted
 
     # import and insights (``acp-server sessions import`` / ``insights``)
@@ -571,7 +636,8 @@ class SessionStore:
     ) -> None:
         """Write a whole session exactly as given (``seq``, times and counters kept) in
         one transaction: how an exported session comes back. Ids must be fresh."""
-        async with self._begin() as conn:
+
+        async def work(conn: AsyncConnection) -> None:
             await conn.execute(insert(S).values(session_values(record)))
             if turns:
                 rows = [{**statements.turn_values(t), "session_id": record.id} for t in turns]
@@ -603,6 +669,8 @@ class SessionStore:
                         for key, value in extension_state.items()
                     ],
                 )
+
+        await self._write(work)
 
     async def insights(
         self,
@@ -797,8 +865,22 @@ class SessionUpdate:
         if not values:
             return await self._store.get_session(self._session_id) is not None
         stmt = update(S).where(S.c.id == self._session_id).values(values)
-        async with self._store._begin() as conn:
-            return (await conn.execute(stmt)).rowcount > 0
+        return await self._store._write(_run(stmt)) > 0
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before the next run: random ("full jitter"), so two transactions that
+    deadlocked do not meet again at once, under a ceiling that doubles each time."""
+    return random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt))
+
+
+def _run(statement: Any, params: Any = None) -> Work[int]:
+    """A transaction of one statement; it returns the rows the statement changed."""
+
+    async def work(conn: AsyncConnection) -> int:
+        return (await conn.execute(statement, params)).rowcount
+
+    return work
 
 
 def session_values(record: SessionRecord) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 
 from acp_server.agent.tools.base import Tool, ToolContext, ToolError, ToolKind, ToolOutcome
 from acp_server.logs import get_logger
+from acp_server.sessions.redaction import hide, redact_url, secrets_of
 
 log = get_logger(__name__)
 
@@ -55,6 +56,8 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    """Masked in whatever is said or logged about this server."""
 
 
 def parse_servers(servers: list[dict[str, Any]]) -> tuple[list[ServerSpec], list[str]]:
@@ -79,12 +82,19 @@ def parse_servers(servers: list[dict[str, Any]]) -> tuple[list[ServerSpec], list
                     command=_text(entry, "command"),
                     args=tuple(str(arg) for arg in entry.get("args") or ()),
                     env=_pairs(entry.get("env")),
+                    secrets=secrets_of(entry),
                 )
             elif kind == "http":
                 url = _text(entry, "url")
                 if not url.startswith(("http://", "https://")):
-                    raise ValueError(f"its url {url!r} is not an http(s) address")
-                spec = ServerSpec(name, "http", url=url, headers=_pairs(entry.get("headers")))
+                    raise ValueError(f"its url {redact_url(url)!r} is not an http(s) address")
+                spec = ServerSpec(
+                    name,
+                    "http",
+                    url=url,
+                    headers=_pairs(entry.get("headers")),
+                    secrets=secrets_of(entry),
+                )
             else:
                 problems.append(
                     f"MCP server '{name}' uses the {kind!r} transport, which this agent does not "
@@ -224,7 +234,9 @@ class SessionExtensions:
         """Connect, report readiness, hold the connection until asked to stop."""
         spec = conn.spec
         failing = (
-            "could not start" if spec.transport == "stdio" else f"could not connect to {spec.url}"
+            "could not start"
+            if spec.transport == "stdio"
+            else f"could not connect to {redact_url(spec.url)}"
         )
         started = failed = False
         try:
@@ -243,10 +255,11 @@ class SessionExtensions:
                     # except*: an error beside our own deadline's cancellation is still
                     # this server's problem, never the session's.
                     failed = True
+                    reason = hide(describe_error(failure), spec.secrets)
                     if started:
-                        log.warning("mcp_server_failed", server=spec.name, exc_info=failure)
+                        # The error, not its traceback: URLs with their tokens sit in both.
+                        log.warning("mcp_server_failed", server=spec.name, error=reason)
                     else:
-                        reason = describe_error(failure)
                         self.problems.append(f"MCP server '{spec.name}' {failing}: {reason}")
             if scope.cancelled_caught and not started and not failed:
                 self.problems.append(
@@ -373,16 +386,20 @@ class McpTool:
                     f"within {ctx.command_timeout:g} s."
                 ) from None
             raise ToolError(
-                f"MCP server '{self.server}' refused {self.remote_name}: {describe_error(exc)}"
+                f"MCP server '{self.server}' refused {self.remote_name}: {self._describe(exc)}"
             ) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ToolError(stopped) from None
         except Exception as exc:
             raise ToolError(
                 f"MCP server '{self.server}' failed to run {self.remote_name}: "
-                f"{describe_error(exc)}"
+                f"{self._describe(exc)}"
             ) from None
         return to_outcome(result)
+
+    def _describe(self, exc: BaseException) -> str:
+        """The error without the server's secrets: the model and the transcript see it."""
+        return hide(describe_error(exc), self._conn.spec.secrets)
 
 
 def to_outcome(result: types.CallToolResult) -> ToolOutcome:
