@@ -220,7 +220,6 @@ class TurnRunner:
     # ---- the loop ---------------------------------------------------------------------
 
     async def _loop(self) -> StopReason:
-        specs = [ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()]
         system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(
             cwd=self.live.record.cwd
         )
@@ -228,6 +227,10 @@ class TurnRunner:
             if self.turn.model_calls >= self.config.max_model_calls:
                 return "max_turn_requests"
             self.turn.model_calls += 1
+            # Taken anew for each call: an MCP server that became ready meanwhile is in.
+            specs = [
+                ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()
+            ]
             request = ModelRequest(
                 model=self.turn.model or self.provider.default_model,
                 system=system,
