@@ -81,6 +81,13 @@ class TurnListener(Protocol):
     async def request_permission(self, data: dict[str, Any]) -> Decision: ...
 
 
+class Extensions(Protocol):
+    """A session's MCP connections (``tools.mcp.SessionExtensions``)."""
+
+    async def settle(self, seconds: float) -> list[str]: ...
+    async def aclose(self) -> None: ...
+
+
 @dataclass
 class LiveSession:
     """A session open in this process: its record plus what only lives in memory."""
@@ -88,12 +95,15 @@ class LiveSession:
     record: SessionRecord
     tools: dict[str, Tool] = field(default_factory=dict)
     client: ClientBridge | None = None
-    extensions: Any = None
-    """The session's MCP connections (``tools.mcp.SessionExtensions``), when it has any."""
+    extensions: Extensions | None = None
+    """The session's MCP connections, when it has any; they add to ``tools`` as each
+    server becomes ready."""
     history: list[Message] | None = None
     turn_scope: anyio.CancelScope | None = None
     busy: bool = False
     closed: bool = False
+    announced: bool = False
+    """The client knows the session (its setup answer is out), so updates may go out."""
 
     @property
     def id(self) -> str:
