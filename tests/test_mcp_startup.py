@@ -115,7 +115,9 @@ async def new_session(server: RawServer, cwd: Path, servers: list[dict[str, Any]
     return reply["result"]["sessionId"]
 
 
-async def test_session_new_answers_while_a_server_is_still_starting(home, workspace, tmp_path, llm):
+async def test_session_setup_answers_while_a_server_is_still_starting(
+    home, workspace, tmp_path, llm
+):
     args = arguments(tmp_path, "  mcp_start_wait: 60\n")
     async with raw_server(args, openai_env(home, llm)) as server:
         await server.request("initialize", INIT)
@@ -128,6 +130,13 @@ async def test_session_new_answers_while_a_server_is_still_starting(home, worksp
         assert reply["result"]["stopReason"] == "end_turn"
         assert {"slow__echo", "slow__add", "read_file"} <= offered(llm.requests[0])
         assert notices(server, sid) == []
+
+        # Nor do load, resume and fork.
+        for method in ("session/load", "session/resume", "session/fork"):
+            name = method.split("/")[1]
+            params = {"sessionId": sid, "cwd": str(workspace), "mcpServers": [held(tmp_path, name)]}
+            assert "result" in await server.request(method, params)
+            assert not (tmp_path / f"ready-{name}").exists(), f"{method} waited for the server"
 
 
 async def test_a_turn_goes_on_without_a_late_server_and_takes_its_tools_later(
