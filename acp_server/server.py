@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import anyio.abc
 
 from acp_server import errors
 from acp_server.agent.providers.base import Provider
+from acp_server.agent.tools.base import Tool
 from acp_server.agent.turn import LiveSession
 from acp_server.config.loader import default_database_url
 from acp_server.config.settings import Settings
@@ -113,19 +115,31 @@ class _Providers:
 
 
 async def _open_tools(
-    live: LiveSession, servers: list[dict[str, Any]], tg: anyio.abc.TaskGroup
+    live: LiveSession,
+    servers: list[dict[str, Any]],
+    tg: anyio.abc.TaskGroup,
+    notice: Callable[[str], Awaitable[None]],
 ) -> list[str]:
-    """Give a live session its own tool set: the built-in tools and its MCP servers."""
+    """Give a live session its own tool set: the built-in tools now, each MCP server's
+    once it is ready. The servers start in the background, so a slow one never holds
+    up the session; the entries that cannot be used are returned, a server that fails
+    to start is told through ``notice``."""
     from acp_server.agent.tools.registry import builtin_tools
 
     live.tools = {tool.name: tool for tool in builtin_tools()}
     if not servers:
         return []
+    # The MCP SDK takes ~0.4 s to import: off the event loop, so other sessions go on.
+    await anyio.to_thread.run_sync(importlib.import_module, "acp_server.agent.tools.mcp")
     from acp_server.agent.tools.mcp import SessionExtensions
 
-    extensions = await SessionExtensions.start(servers, tg, cwd=Path(live.record.cwd))
+    def ready(tools: list[Tool]) -> None:
+        live.tools.update({tool.name: tool for tool in tools})
+
+    extensions = SessionExtensions.start(
+        servers, tg, cwd=Path(live.record.cwd), on_ready=ready, on_problem=notice
+    )
     live.extensions = extensions
-    live.tools.update({tool.name: tool for tool in extensions.tools()})
     return list(extensions.problems)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -44,12 +45,21 @@ def echo(name: str = "echo", label: str | None = None, **env: str) -> dict[str, 
 async def extensions(
     servers: list[dict[str, Any]], **options: Any
 ) -> AsyncIterator[SessionExtensions]:
+    """Started extensions, once every server is ready or has failed."""
     async with anyio.create_task_group() as tg:
-        ext = await SessionExtensions.start(servers, tg, **options)
+        ext = await started(servers, tg, **options)
         try:
             yield ext
         finally:
             await ext.aclose()
+
+
+async def started(
+    servers: list[dict[str, Any]], tg: anyio.abc.TaskGroup, **options: Any
+) -> SessionExtensions:
+    ext = SessionExtensions.start(servers, tg, **options)
+    assert await ext.settle(60) == []
+    return ext
 
 
 def context(tmp_path: Path) -> ToolContext:
@@ -151,7 +161,7 @@ async def test_two_sessions_never_see_each_others_tools(tmp_path: Path) -> None:
 async def test_aclose_stops_the_server_process(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     async with anyio.create_task_group() as tg:
-        ext = await SessionExtensions.start([echo()], tg)
+        ext = await started([echo()], tg)
         echo_tool = next(tool for tool in ext.tools() if tool.name == "echo__echo")
         pid = int(await call(ext, "echo__pid", ctx))
         assert process_exists(pid)
@@ -167,7 +177,7 @@ async def test_aclose_stops_the_server_process(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_aclose_from_another_task(tmp_path: Path) -> None:
     async with anyio.create_task_group() as tg:
-        ext = await SessionExtensions.start([echo()], tg)
+        ext = await started([echo()], tg)
         pid = int(await call(ext, "echo__pid", context(tmp_path)))
         async with anyio.create_task_group() as closers:
             closers.start_soon(ext.aclose)
@@ -178,10 +188,93 @@ async def test_aclose_from_another_task(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_cancelling_the_owning_task_group_stops_the_server(tmp_path: Path) -> None:
     async with anyio.create_task_group() as tg:
-        ext = await SessionExtensions.start([echo()], tg)
+        ext = await started([echo()], tg)
         pid = int(await call(ext, "echo__pid", context(tmp_path)))
         tg.cancel_scope.cancel()
     assert not process_exists(pid)
+
+
+def held(tmp_path: Path, name: str = "slow") -> dict[str, Any]:
+    """An echo server that leaves ``initialize`` unanswered until ``go-NAME`` exists."""
+    return echo(
+        name,
+        ECHO_HOLD_UNTIL=str(tmp_path / f"go-{name}"),
+        ECHO_PID_FILE=str(tmp_path / f"pid-{name}"),
+    )
+
+
+async def pid_of(pid_file: Path) -> int:
+    for _ in range(1500):
+        if pid_file.exists():
+            return int(pid_file.read_text())
+        await anyio.sleep(0.02)
+    raise AssertionError(f"{pid_file.name} was never written")
+
+
+@pytest.mark.anyio
+async def test_start_returns_at_once_and_hands_over_tools_when_ready(tmp_path: Path) -> None:
+    handed: list[str] = []
+    problems: list[str] = []
+
+    async def report(problem: str) -> None:
+        problems.append(problem)
+
+    async with anyio.create_task_group() as tg:
+        ext = SessionExtensions.start(
+            [held(tmp_path), echo("quick")],
+            tg,
+            on_ready=lambda tools: handed.extend(tool.name for tool in tools),
+            on_problem=report,
+        )
+        assert ext.starting == ["slow", "quick"] and ext.tools() == []
+        assert await ext.settle(0) == [
+            "MCP server 'slow' is still starting; its tools will be offered to the model "
+            "once it is ready.",
+            "MCP server 'quick' is still starting; its tools will be offered to the model "
+            "once it is ready.",
+        ]
+
+        (tmp_path / "go-slow").touch()
+        assert await ext.settle(60) == []
+        assert ext.connected == ["slow", "quick"]
+        assert sorted(handed) == sorted(tool.name for tool in ext.tools())
+        assert {"slow__echo", "quick__echo"} <= set(handed)
+        assert problems == []
+        await ext.aclose()
+
+
+@pytest.mark.anyio
+async def test_aclose_stops_a_server_still_starting_without_a_problem(tmp_path: Path) -> None:
+    problems: list[str] = []
+
+    async def report(problem: str) -> None:
+        problems.append(problem)
+
+    async with anyio.create_task_group() as tg:
+        ext = SessionExtensions.start([held(tmp_path)], tg, on_problem=report)
+        pid = await pid_of(tmp_path / "pid-slow")
+        assert process_exists(pid) and ext.starting == ["slow"]
+        await ext.aclose()
+        assert not process_exists(pid)
+        assert ext.starting == [] and ext.tools() == []
+        assert problems == [] and ext.problems == []
+
+
+@pytest.mark.anyio
+async def test_a_failed_start_is_reported_and_a_failing_reporter_is_harmless(
+    tmp_path: Path,
+) -> None:
+    async def report(problem: str) -> None:
+        raise RuntimeError("the editor is gone")
+
+    missing = str(tmp_path / "ghx")
+    bad = {"name": "github", "command": missing, "args": [], "env": []}
+    async with anyio.create_task_group() as tg:
+        ext = SessionExtensions.start([bad, echo()], tg, on_problem=report)
+        assert await ext.settle(60) == []
+        assert ext.problems == [f"MCP server 'github' could not start: {missing}: no such file."]
+        assert await call(ext, "echo__echo", context(tmp_path), text="on") == "echo: on"
+        await ext.aclose()
 
 
 @pytest.mark.anyio

@@ -84,6 +84,13 @@ class TurnListener(Protocol):
     async def request_permission(self, data: dict[str, Any]) -> Decision: ...
 
 
+class Extensions(Protocol):
+    """A session's MCP connections (``tools.mcp.SessionExtensions``)."""
+
+    async def settle(self, seconds: float) -> list[str]: ...
+    async def aclose(self) -> None: ...
+
+
 @dataclass
 class LiveSession:
     """A session open in this process: its record plus what only lives in memory."""
@@ -91,8 +98,9 @@ class LiveSession:
     record: SessionRecord
     tools: dict[str, Tool] = field(default_factory=dict)
     client: ClientBridge | None = None
-    extensions: Any = None
-    """The session's MCP connections (``tools.mcp.SessionExtensions``), when it has any."""
+    extensions: Extensions | None = None
+    """The session's MCP connections, when it has any; they add to ``tools`` as each
+    server becomes ready."""
     history: list[Message] | None = None
     synced_seq: int = 0
     """The session's last ``seq`` that ``history`` reflects; another process that
@@ -101,6 +109,8 @@ class LiveSession:
     busy: bool = False
     cancel_requested: bool = False
     closed: bool = False
+    announced: bool = False
+    """The client knows the session (its setup answer is out), so updates may go out."""
 
     @property
     def id(self) -> str:
@@ -254,7 +264,6 @@ class TurnRunner:
     # ---- the loop ---------------------------------------------------------------------
 
     async def _loop(self) -> StopReason:
-        specs = [ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()]
         # Only the literal "{cwd}" is filled in: any other brace is the user's text.
         system = (self.config.system_prompt or DEFAULT_SYSTEM_PROMPT).replace(
             "{cwd}", self.live.record.cwd
@@ -264,6 +273,10 @@ class TurnRunner:
                 return "max_turn_requests"
             self.turn.model_calls += 1
             await self._catch_up()
+            # Taken anew for each call: an MCP server that became ready meanwhile is in.
+            specs = [
+                ToolSpec(t.name, t.description, t.input_schema) for t in self.live.tools.values()
+            ]
             request = ModelRequest(
                 model=self.turn.model or self.provider.default_model,
                 system=system,

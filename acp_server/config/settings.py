@@ -55,6 +55,9 @@ class AgentSettings(_Section):
     generate_titles: bool = True
     command_timeout: float = Field(default=120.0, gt=0)
     system_prompt: str | None = None
+    mcp_start_wait: float = Field(default=10.0, ge=0)
+    """Seconds a prompt waits for the session's MCP servers still starting before it
+    goes on without them (their tools join later model calls once they are ready)."""
 
 
 class RetentionSettings(_Section):

@@ -89,7 +89,13 @@ class AcpAgent:
         service: Callable[[], Awaitable[SessionService]],
         provider: Callable[[], Provider],
         tools: Callable[
-            [LiveSession, list[dict[str, Any]], anyio.abc.TaskGroup], Awaitable[list[str]]
+            [
+                LiveSession,
+                list[dict[str, Any]],
+                anyio.abc.TaskGroup,
+                Callable[[str], Awaitable[None]],
+            ],
+            Awaitable[list[str]],
         ],
         close_tools: Callable[[LiveSession], Awaitable[None]],
         task_group: anyio.abc.TaskGroup,
@@ -244,7 +250,15 @@ class AcpAgent:
             self.client.fs.read_text_file or self.client.fs.write_text_file or self.client.terminal
         ):
             live.client = EditorBridge(self.connection, record.id, self.client)
-        self._problems[record.id] = await self._open_tools(live, mcp_servers, self._tg)
+        self._problems.pop(record.id, None)
+
+        async def notice(problem: str) -> None:
+            if not live.closed:
+                self._problems.setdefault(record.id, []).append(problem)
+                await self._tell(live)
+
+        problems = await self._open_tools(live, mcp_servers, self._tg, notice)
+        self._problems[record.id] = [*problems, *self._problems.get(record.id, [])]
         self.live[record.id] = live
         self._known.add(record.id)
         return live
@@ -260,6 +274,28 @@ class AcpAgent:
                 data={"sessionId": session_id},
             )
         return live
+
+    async def _tell(self, live: LiveSession) -> None:
+        """Say the session's pending problems now, unless a turn will (it is busy) or
+        the client does not know the session yet."""
+        if live.busy or not live.announced or live.closed or self.connection is None:
+            return
+        listener = EditorListener(self.connection, live.id)
+        for problem in self._problems.pop(live.id, []):
+            await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
+
+    async def _await_tools(self, live: LiveSession) -> list[str] | None:
+        """Give MCP servers still starting a bounded time; a sentence for each that the
+        turn goes on without. None when the prompt was cancelled meanwhile."""
+        if live.extensions is None:
+            return []
+        with anyio.CancelScope() as scope:
+            live.turn_scope = scope
+            try:
+                return await live.extensions.settle(self.settings.agent.mcp_start_wait)
+            finally:
+                live.turn_scope = None
+        return None
 
     async def _shut(self, live: LiveSession) -> None:
         live.closed = True
@@ -280,6 +316,10 @@ class AcpAgent:
             await send_update(
                 ctx.connection, session_id, s.AvailableCommandsUpdate(available_commands=COMMANDS)
             )
+            live = self.live.get(session_id)
+            if live is not None:
+                live.announced = True
+                await self._tell(live)
 
         ctx.then(commands)
 
@@ -425,6 +465,7 @@ class AcpAgent:
             stop = await self._turn(ctx, live, request)
         finally:
             live.busy = False
+        await self._tell(live)  # an MCP server that failed while the turn ran
         return s.PromptResponse(stop_reason=stop).wire()
 
     async def _turn(
@@ -436,7 +477,11 @@ class AcpAgent:
         command = _command(blocks)
         if command is not None:
             return await self._command(ctx, live, *command)
-        for problem in self._problems.pop(live.id, []):
+        live.announced = True
+        late = await self._await_tools(live)
+        if late is None:
+            return "cancelled"
+        for problem in [*self._problems.pop(live.id, []), *late]:
             await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
         provider = self._provider()
         if live.history is None:

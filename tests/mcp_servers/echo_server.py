@@ -2,13 +2,21 @@
 (``MCPServer``, the 2.x name of FastMCP).
 
 Run as ``python echo_server.py [name]``; the optional name prefixes the ``echo``
-reply, so tests can tell two servers apart.
+reply, so tests can tell two servers apart. For start-up tests, environment variables:
+
+- ``ECHO_PID_FILE``: write the process id there as it starts;
+- ``ECHO_HOLD_UNTIL``: a path; do not read stdin (so leave ``initialize`` unanswered)
+  until it exists, for at most ``ECHO_HOLD_SECONDS`` (default 60);
+- ``ECHO_READY_FILE``: created once the hold is over, just before serving;
+- ``ECHO_FAIL``: after the hold, print this on stderr and exit 1 instead of serving.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -78,5 +86,21 @@ def crash() -> str:
     os._exit(3)
 
 
+def _start_up() -> None:
+    if pid_file := os.environ.get("ECHO_PID_FILE"):
+        Path(f"{pid_file}.tmp").write_text(str(os.getpid()))
+        os.replace(f"{pid_file}.tmp", pid_file)
+    if hold := os.environ.get("ECHO_HOLD_UNTIL"):
+        deadline = time.monotonic() + float(os.environ.get("ECHO_HOLD_SECONDS", "60"))
+        while not Path(hold).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    if ready := os.environ.get("ECHO_READY_FILE"):
+        Path(ready).touch()
+    if failure := os.environ.get("ECHO_FAIL"):
+        print(failure, file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    _start_up()
     server.run("stdio")

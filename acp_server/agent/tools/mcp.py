@@ -3,7 +3,12 @@
 The SDK's client contexts hold anyio task groups, so each connection is entered and
 left by one task. All of a session's connection tasks live under one owner task,
 started in the session's task group: closing the extensions, or cancelling that
-group, ends every connection and stops every server process.
+group, ends every connection and stops every server process, including one still
+starting.
+
+Servers start in the background, so a slow one never holds up the session: each
+server's tools are handed over (``on_ready``) when it has answered the handshake, and
+one that fails is reported (``on_problem``) when it fails.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,12 +146,16 @@ def _hashed(name: str, server: str, tool: str) -> str:
 
 
 class _Connection:
-    """One server's live session and tools; ``session`` is None once it is closed."""
+    """One server's live session and tools; ``session`` is None until it is ready and
+    once it is closed. ``settled`` is set when it is ready or will never be."""
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         self.session: ClientSession | None = None
         self.tools: list[McpTool] = []
+        self.starting = anyio.CancelScope()
+        """Bounds the start; cancelled when the extensions close before it is ready."""
+        self.settled = anyio.Event()
 
     def attach(self, session: ClientSession, listed: list[types.Tool]) -> None:
         used: set[str] = set()
@@ -168,17 +178,27 @@ class SessionExtensions:
     the same task), so ``start()`` spawns that owner task in the given task group.
     """
 
-    def __init__(self, *, connect_timeout: float, cwd: Path | None, errlog: TextIO) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        cwd: Path | None,
+        errlog: TextIO,
+        on_ready: Callable[[list[Tool]], None] | None,
+        on_problem: Callable[[str], Awaitable[None]] | None,
+    ) -> None:
         self.problems: list[str] = []
         self._connect_timeout = connect_timeout
         self._cwd = cwd
         self._errlog = errlog
+        self._on_ready = on_ready
+        self._on_problem = on_problem
         self._connections: list[_Connection] = []
         self._stop = anyio.Event()
         self._done = anyio.Event()
 
     @classmethod
-    async def start(
+    def start(
         cls,
         servers: list[dict[str, Any]],
         tg: anyio.abc.TaskGroup,
@@ -186,17 +206,28 @@ class SessionExtensions:
         connect_timeout: float = 20.0,
         cwd: Path | None = None,
         errlog: TextIO | None = None,
+        on_ready: Callable[[list[Tool]], None] | None = None,
+        on_problem: Callable[[str], Awaitable[None]] | None = None,
     ) -> SessionExtensions:
-        """Connect to every server at once; return when each is connected or has failed.
+        """Start connecting to every server at once, in the background; return at once.
 
-        A server that cannot start never fails the others or the session: it becomes
-        a sentence in ``problems``. ``cwd`` is where stdio servers run (the session
-        cwd); their stderr goes to ``errlog`` (our stderr), never to our stdout.
+        ``problems`` then holds a sentence for each entry that cannot be used. Each
+        server that completes the handshake within ``connect_timeout`` gives its tools
+        to ``on_ready``; one that does not becomes a sentence in ``problems``, also
+        given to ``on_problem``, and never fails the others or the session. ``cwd`` is
+        where stdio servers run (the session cwd); their stderr goes to ``errlog`` (our
+        stderr), never to our stdout.
         """
-        self = cls(connect_timeout=connect_timeout, cwd=cwd, errlog=errlog or _stderr())
+        self = cls(
+            connect_timeout=connect_timeout,
+            cwd=cwd,
+            errlog=errlog or _stderr(),
+            on_ready=on_ready,
+            on_problem=on_problem,
+        )
         specs, self.problems = parse_servers(servers)
         self._connections = [_Connection(spec) for spec in specs]
-        await tg.start(self._own)
+        tg.start_soon(self._own)
         return self
 
     def tools(self) -> list[Tool]:
@@ -209,67 +240,99 @@ class SessionExtensions:
         """Names of the servers that completed the MCP handshake and are still open."""
         return [conn.spec.name for conn in self._connections if conn.session is not None]
 
+    @property
+    def starting(self) -> list[str]:
+        """Names of the servers neither ready nor failed yet."""
+        return [conn.spec.name for conn in self._connections if not conn.settled.is_set()]
+
+    async def settle(self, seconds: float) -> list[str]:
+        """Wait up to ``seconds`` for the servers still starting, so a turn can
+        offer their tools; a sentence for each one it has to go on without."""
+        with anyio.move_on_after(seconds):
+            for conn in self._connections:
+                await conn.settled.wait()
+        return [
+            f"MCP server '{name}' is still starting; its tools will be offered to the model "
+            "once it is ready."
+            for name in self.starting
+        ]
+
     async def aclose(self) -> None:
-        """Close every connection and wait until the server processes are gone.
+        """Close every connection, abandon every start, and wait until the server
+        processes are gone.
 
         Callable from any task, any number of times.
         """
         self._stop.set()
+        for conn in self._connections:
+            if not conn.settled.is_set():
+                conn.starting.cancel()
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self._done.wait()
 
-    async def _own(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _own(self) -> None:
         try:
-            async with anyio.create_task_group() as connections:
-                async with anyio.create_task_group() as starting:
+            if not self._stop.is_set():
+                async with anyio.create_task_group() as connections:
                     for conn in self._connections:
-                        starting.start_soon(connections.start, self._serve, conn)
-                task_status.started()
+                        connections.start_soon(self._serve, conn)
         finally:
             for conn in self._connections:
                 conn.detach()
+                conn.settled.set()
             self._done.set()
 
-    async def _serve(self, conn: _Connection, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Connect, report readiness, hold the connection until asked to stop."""
+    async def _serve(self, conn: _Connection) -> None:
+        """Connect, hand over the tools, hold the connection until asked to stop."""
         spec = conn.spec
-        failing = (
-            "could not start"
-            if spec.transport == "stdio"
-            else f"could not connect to {redact_url(spec.url)}"
-        )
-        started = failed = False
+        problem: str | None = None
         try:
-            deadline = anyio.current_time() + self._connect_timeout
-            with anyio.CancelScope(deadline=deadline) as scope:
+            conn.starting.deadline = anyio.current_time() + self._connect_timeout
+            with conn.starting:
                 try:
                     async with AsyncExitStack() as stack:
                         session = await self._open(stack, spec)
                         listed = await _list_tools(session)
-                        scope.deadline = math.inf
+                        conn.starting.deadline = math.inf
                         conn.attach(session, listed)
-                        task_status.started()
-                        started = True
+                        conn.settled.set()
+                        log.info("mcp_server_ready", server=spec.name, tools=len(conn.tools))
+                        if self._on_ready is not None:
+                            self._on_ready(list(conn.tools))
                         await self._stop.wait()
                 except* Exception as failure:
                     # except*: an error beside our own deadline's cancellation is still
                     # this server's problem, never the session's.
-                    failed = True
-                    reason = hide(describe_error(failure), spec.secrets)
-                    if started:
+                    if conn.settled.is_set():
                         # The error, not its traceback: URLs with their tokens sit in both.
+                        reason = hide(describe_error(failure), spec.secrets)
                         log.warning("mcp_server_failed", server=spec.name, error=reason)
                     else:
-                        self.problems.append(f"MCP server '{spec.name}' {failing}: {reason}")
-            if scope.cancelled_caught and not started and not failed:
-                self.problems.append(
-                    f"MCP server '{spec.name}' {failing}: it did not complete the MCP "
-                    f"handshake within {self._connect_timeout:g} s."
+                        problem = hide(describe_error(failure), spec.secrets)
+            if conn.starting.cancelled_caught and problem is None and not conn.settled.is_set():
+                problem = (
+                    f"it did not complete the MCP handshake within {self._connect_timeout:g} s."
                 )
+            if problem is not None and not self._stop.is_set():
+                failing = (
+                    "could not start"
+                    if spec.transport == "stdio"
+                    else f"could not connect to {redact_url(spec.url)}"
+                )
+                await self._report(f"MCP server '{spec.name}' {failing}: {problem}")
         finally:
             conn.detach()
-            if not started:
-                task_status.started()
+            conn.settled.set()
+
+    async def _report(self, problem: str) -> None:
+        """Record a failed start and pass it on; a reporter that fails is only logged."""
+        self.problems.append(problem)
+        if self._on_problem is None:
+            return
+        try:
+            await self._on_problem(problem)
+        except Exception:
+            log.warning("mcp_problem_not_reported", problem=problem, exc_info=True)
 
     async def _open(self, stack: AsyncExitStack, spec: ServerSpec) -> ClientSession:
         if spec.transport == "stdio":
