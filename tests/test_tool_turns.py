@@ -116,6 +116,14 @@ async def test_tools_go_through_the_editor_when_it_offers_fs_and_terminal(
             "stopReason"
         ] == "end_turn"
         calls = list(final_calls(server, sid).values())
+        # Reloaded later, the command's output is shown, not the old client's terminal.
+        await server.request("session/close", {"sessionId": sid})
+        before = len(server.updates(sid))
+        load = {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+        assert "result" in await server.request("session/load", load)
+        replayed = [u for u in server.updates(sid)[before:] if u["sessionUpdate"] == "tool_call"]
+    assert "from-terminal" in str(replayed[2]["content"])
+    assert not any(item["type"] == "terminal" for item in replayed[2]["content"])
     assert editor.calls.count("fs/read_text_file") >= 1 and "fs/write_text_file" in editor.calls
     assert ["terminal/create", "terminal/wait_for_exit", "terminal/output", "terminal/release"] == [
         c for c in editor.calls if c.startswith("terminal/")

@@ -29,11 +29,20 @@ def _tool_call(data: dict[str, Any]) -> dict[str, Any]:
     }
     update.update((key, data[key]) for key in _TOOL_FIELDS if data.get(key) is not None)
     update.setdefault("title", str(data.get("name", "tool")))
-    if "content" not in update and data.get("result"):
-        update["content"] = [
-            {"type": "content", "content": {"type": "text", "text": str(data["result"])}}
-        ]
+    result = [{"type": "content", "content": {"type": "text", "text": str(data.get("result"))}}]
+    content = update.get("content")
+    if content is None:
+        if data.get("result"):
+            update["content"] = result
+    elif isinstance(content, list) and any(_is_terminal(c) for c in content):
+        # That terminal belonged to an earlier client; the command's output is stored.
+        kept = [c for c in content if not _is_terminal(c)]
+        update["content"] = kept + result if data.get("result") else kept
     return update
+
+
+def _is_terminal(content: Any) -> bool:
+    return isinstance(content, dict) and content.get("type") == "terminal"
 
 
 def replay_params(session_id: str, item: Item) -> Iterator[bytes]:
