@@ -106,6 +106,26 @@ def test_symlinks_pointing_outside_are_refused(ws: Path, tmp_path: Path) -> None
     assert resolve_in_roots("inner/main.py", ws, [ws]) == (ws / "src/main.py").resolve()
 
 
+def test_a_link_loop_is_a_clear_refusal(ws: Path) -> None:
+    (ws / "a").symlink_to(ws / "b")
+    (ws / "b").symlink_to(ws / "a")
+    with pytest.raises(ToolError, match=r"a/x leads into a loop of symbolic links"):
+        resolve_in_roots("a/x", ws, [ws])
+
+
+@pytest.mark.anyio
+async def test_a_fifo_in_the_workspace_is_refused_not_waited_on(ws: Path) -> None:
+    os.mkfifo(ws / "pipe")
+    ctx = make_ctx(ws)
+    with pytest.raises(ToolError, match="pipe is not a regular file"):
+        await run("read_file", ctx, path="pipe")
+    with pytest.raises(ToolError, match="pipe"):
+        await run("write_file", ctx, path="pipe", content="x")
+    assert (await run("search_text", ctx, pattern="x", path="pipe")).model_text.startswith(
+        "No matches"
+    )
+
+
 def test_a_sibling_with_a_common_prefix_is_outside(tmp_path: Path) -> None:
     a, ab = tmp_path / "a", tmp_path / "ab"
     a.mkdir()

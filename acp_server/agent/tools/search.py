@@ -1,7 +1,9 @@
 """Finding files by glob and text by regex, bounded so one call never floods the model.
 
 Walks run in a worker thread and check for cancellation between files, so a
-cancelled turn stops a long search instead of leaving it running.
+cancelled turn stops a long search instead of leaving it running. They go from
+folder descriptor to folder descriptor and never through a link, so a folder
+swapped for a link mid-walk cannot lead outside the roots.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import anyio.to_thread
 from pydantic import Field
 
 from acp_server.agent.tools.base import ToolContext, ToolError, ToolKind, ToolOutcome
-from acp_server.agent.tools.paths import display_path, resolve_in_roots
+from acp_server.agent.tools.paths import (
+    FOLDER,
+    Moved,
+    at_path,
+    display_path,
+    open_nofollow,
+    resolve_in_roots,
+)
 from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
 MAX_FOUND = 500
@@ -87,22 +96,56 @@ def _matches(rule: tuple[re.Pattern[str], bool], relative: str) -> bool:
     return regex.match(relative.rsplit("/", 1)[-1] if name_only else relative) is not None
 
 
-def _walk(base: Path) -> Iterator[tuple[Path, str]]:
-    """Files under base, sorted, as (path, posix path relative to base); skips .git."""
-    for folder, dirs, files in os.walk(base, followlinks=False):
-        anyio.from_thread.check_cancelled()
-        dirs[:] = sorted((d for d in dirs if d not in SKIPPED_DIRS), key=str.lower)
-        for name in sorted(files, key=str.lower):
-            path = Path(folder, name)
-            yield path, path.relative_to(base).as_posix()
+def _walk(top: int) -> Iterator[tuple[int, str, str]]:
+    """Files under the folder ``top``, sorted, as (folder fd, name, posix path relative
+    to top); skips .git.
+
+    A folder's files come before its subfolders. Links are listed as files, except
+    links to folders, which (like subfolders that turn out to be links) are skipped.
+    """
+    yield from _walk_folder(top, "")
 
 
-def _folder(path: Path, shown: str) -> Path:
-    if not path.exists():
-        raise ToolError(f"{shown} does not exist.")
-    if not path.is_dir():
-        raise ToolError(f"{shown} is a file, not a folder.")
-    return path
+def _walk_folder(folder: int, prefix: str) -> Iterator[tuple[int, str, str]]:
+    anyio.from_thread.check_cancelled()
+    subfolders: list[str] = []
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name.lower())
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in SKIPPED_DIRS:
+                    subfolders.append(entry.name)
+                continue
+            if entry.is_symlink() and entry.is_dir():
+                continue
+        except OSError:
+            continue
+        yield folder, entry.name, prefix + entry.name
+    for name in subfolders:
+        try:
+            child = open_nofollow(folder, name, FOLDER)
+        except (Moved, OSError):
+            continue
+        try:
+            yield from _walk_folder(child, f"{prefix}{name}/")
+        finally:
+            os.close(child)
+
+
+def _open_base(given: str, ctx: ToolContext, shown: str) -> int:
+    """A descriptor for the file or folder a search starts from."""
+    try:
+        return at_path(
+            given,
+            ctx.cwd,
+            ctx.roots,
+            lambda folder, name: open_nofollow(folder, name, os.O_RDONLY | os.O_NONBLOCK),
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        raise ToolError(f"{shown} does not exist.") from None
+    except OSError as exc:
+        raise ToolError(f"Could not open {shown}: {(exc.strerror or str(exc)).lower()}.") from None
 
 
 class FindArgs(Arguments):
@@ -128,18 +171,26 @@ class FindFiles(BuiltinTool[FindArgs]):
         args = self.parse(arguments)
         base = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
         rule = _glob_matcher(args.pattern)
-        return ToolOutcome(await anyio.to_thread.run_sync(self._find, base, rule, ctx.cwd))
+        return ToolOutcome(await anyio.to_thread.run_sync(self._find, args.path, base, rule, ctx))
 
     @staticmethod
-    def _find(base: Path, rule: tuple[re.Pattern[str], bool], cwd: Path) -> str:
-        _folder(base, display_path(base, cwd))
-        found: list[str] = []
-        for path, relative in _walk(base):
-            if _matches(rule, relative):
-                if len(found) == MAX_FOUND:
-                    found.append(f"[stopped after {MAX_FOUND} files; narrow the pattern or path]")
-                    break
-                found.append(display_path(path, cwd))
+    def _find(given: str, base: Path, rule: tuple[re.Pattern[str], bool], ctx: ToolContext) -> str:
+        shown = display_path(base, ctx.cwd)
+        top = _open_base(given, ctx, shown)
+        try:
+            if not stat.S_ISDIR(os.fstat(top).st_mode):
+                raise ToolError(f"{shown} is a file, not a folder.")
+            found: list[str] = []
+            for _, _, relative in _walk(top):
+                if _matches(rule, relative):
+                    if len(found) == MAX_FOUND:
+                        found.append(
+                            f"[stopped after {MAX_FOUND} files; narrow the pattern or path]"
+                        )
+                        break
+                    found.append(display_path(base / relative, ctx.cwd))
+        finally:
+            os.close(top)
         return "\n".join(found) if found else "No files match."
 
 
@@ -174,50 +225,72 @@ class SearchText(BuiltinTool[SearchArgs]):
         except re.error as exc:
             raise ToolError(f"Invalid regular expression {args.pattern!r}: {exc}.") from None
         rule = None if args.glob is None else _glob_matcher(args.glob)
-        text = await anyio.to_thread.run_sync(self._search, base, regex, rule, ctx)
+        text = await anyio.to_thread.run_sync(self._search, args.path, base, regex, rule, ctx)
         return ToolOutcome(text)
 
     @staticmethod
     def _search(
+        given: str,
         base: Path,
         regex: re.Pattern[str],
         rule: tuple[re.Pattern[str], bool] | None,
         ctx: ToolContext,
     ) -> str:
         shown = display_path(base, ctx.cwd)
-        if not base.exists():
-            raise ToolError(f"{shown} does not exist.")
-        files = [(base, base.name)] if base.is_file() else _walk(base)
-        roots = [root.resolve() for root in ctx.roots] or [ctx.cwd.resolve()]
+        top = _open_base(given, ctx, shown)
         hits: list[str] = []
-        for path, relative in files:
-            if rule is not None and not _matches(rule, relative):
-                continue
-            if path.is_symlink() and not any(path.resolve().is_relative_to(r) for r in roots):
-                continue
-            for number, line in _text_lines(path):
-                if regex.search(line):
-                    if len(hits) == MAX_MATCHES:
-                        hits.append(f"[stopped after {MAX_MATCHES} matches; narrow the search]")
-                        return "\n".join(hits)
-                    text = line.strip()
-                    if len(text) > MAX_LINE_CHARS:
-                        text = text[:MAX_LINE_CHARS] + "…"
-                    hits.append(f"{display_path(path, ctx.cwd)}:{number}: {text}")
+        try:
+            if stat.S_ISDIR(os.fstat(top).st_mode):
+                files: Iterator[tuple[int | None, str, str]] = iter(_walk(top))
+            else:
+                files, base = iter([(None, "", base.name)]), base.parent
+            for folder, name, relative in files:
+                if rule is not None and not _matches(rule, relative):
+                    continue
+                path = base / relative
+                for number, line in _text_lines(folder, name, top, str(path), ctx):
+                    if regex.search(line):
+                        if len(hits) == MAX_MATCHES:
+                            hits.append(f"[stopped after {MAX_MATCHES} matches; narrow the search]")
+                            return "\n".join(hits)
+                        text = line.strip()
+                        if len(text) > MAX_LINE_CHARS:
+                            text = text[:MAX_LINE_CHARS] + "…"
+                        hits.append(f"{display_path(path, ctx.cwd)}:{number}: {text}")
+        finally:
+            os.close(top)
         return "\n".join(hits) if hits else f"No matches for /{regex.pattern}/ in {shown}"
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a text file; nothing for binary, huge or unreadable files."""
+def _text_lines(
+    folder: int | None, name: str, top: int, path: str, ctx: ToolContext
+) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a text file; nothing for binary, huge or unreadable files.
+
+    ``folder`` None means the file is ``top`` itself. A link found by the walk is
+    followed only through ``at_path``, so only when it stays inside the roots.
+    """
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SEARCH_FILE_BYTES:
-            return
-        with path.open("rb") as raw:
+        if folder is None:
+            fd = os.dup(top)
+        else:
+            try:
+                fd = open_nofollow(folder, name, os.O_RDONLY | os.O_NONBLOCK)
+            except Moved:
+                fd = at_path(
+                    path,
+                    ctx.cwd,
+                    ctx.roots,
+                    lambda at, last: open_nofollow(at, last, os.O_RDONLY | os.O_NONBLOCK),
+                )
+        with open(fd, "rb") as raw:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SEARCH_FILE_BYTES:
+                return
             if b"\x00" in raw.read(_BINARY_SNIFF):
                 return
             raw.seek(0)
             data = raw.read()
-    except OSError:
+    except (OSError, ToolError):
         return
     yield from enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1)
