@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Awaitable, Iterable
+import threading
+from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,14 @@ import anyio
 import anyio.to_thread
 from pydantic import Field
 
-from acp_server.agent.tools.base import ToolContext, ToolError, ToolKind, ToolOutcome
+from acp_server.agent.tools.base import (
+    Abandoned,
+    ToolContext,
+    ToolError,
+    ToolKind,
+    ToolOutcome,
+    in_worker,
+)
 from acp_server.agent.tools.paths import (
     Moved,
     at_path,
@@ -31,6 +39,8 @@ from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
 MAX_READ_CHARS = 1_000_000
 """A whole-file read larger than this is refused; ask for a line range instead."""
+MAX_EDIT_BYTES = 16_000_000
+"""write_file and edit_file read the old text whole (for the diff); larger files are refused."""
 MAX_LIST_ENTRIES = 1_000
 _BINARY_SNIFF = 8192
 _READ_A_FOLDER = "is a folder; use list_directory to see what it holds"
@@ -44,7 +54,12 @@ def _describe_os_error(exc: OSError) -> str:
 
 
 def _read_disk(
-    given: str, ctx: ToolContext, shown: str, line: int | None, limit: int | None
+    stop: threading.Event,
+    given: str,
+    ctx: ToolContext,
+    shown: str,
+    line: int | None,
+    limit: int | None,
 ) -> str:
     """A slice of a file on disk, read lazily so a range of a huge file stays cheap."""
 
@@ -61,7 +76,7 @@ def _read_disk(
                 )
             raw.seek(0)
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-            return _take_lines(text, shown, line, limit)
+            return _take_lines(_bounded_lines(text, stop), shown, line, limit)
 
     try:
         return at_path(given, ctx.cwd, ctx.roots, use)
@@ -86,6 +101,20 @@ def _open_regular(folder: int, name: str, shown: str, if_folder: str) -> io.Buff
     raise ToolError(f"{shown} is not a regular file; only text files can be used.")
 
 
+def _bounded_lines(text: io.TextIOWrapper, stop: threading.Event) -> Iterator[str]:
+    """The file's lines, each cut to ``MAX_READ_CHARS``: one huge line never sits in
+    memory whole, and a cancelled read stops between lines."""
+    while line := text.readline(MAX_READ_CHARS):
+        if stop.is_set():
+            raise Abandoned
+        if len(line) == MAX_READ_CHARS and not line.endswith("\n"):
+            while (rest := text.readline(MAX_READ_CHARS)) and not rest.endswith("\n"):
+                if stop.is_set():
+                    raise Abandoned
+            line += f"…[line cut at {MAX_READ_CHARS:,} characters]\n"
+        yield line
+
+
 def _take_lines(lines: Iterable[str], shown: str, line: int | None, limit: int | None) -> str:
     start = (line or 1) - 1
     taken: list[str] = []
@@ -97,7 +126,7 @@ def _take_lines(lines: Iterable[str], shown: str, line: int | None, limit: int |
         if limit is not None and len(taken) >= limit:
             break
         size += len(text)
-        if size > MAX_READ_CHARS:
+        if size > MAX_READ_CHARS and taken:
             taken.append(f"\n[stopped before line {total}; pass line={total} to read on]\n")
             break
         taken.append(text)
@@ -151,7 +180,13 @@ def _exists_on_disk(given: str, ctx: ToolContext, shown: str) -> bool:
 def _read_whole(given: str, ctx: ToolContext, shown: str) -> str | None:
     def use(folder: int, name: str) -> str:
         with _open_regular(folder, name, shown, _NOT_A_FILE) as raw:
-            return raw.read().decode("utf-8", errors="replace")
+            size = os.fstat(raw.fileno()).st_size
+            if size > MAX_EDIT_BYTES:
+                raise ToolError(
+                    f"{shown} is {size:,} bytes; write_file and edit_file only change files "
+                    f"up to {MAX_EDIT_BYTES:,} bytes."
+                )
+            return raw.read(MAX_EDIT_BYTES + 1).decode("utf-8", errors="replace")
 
     try:
         return at_path(given, ctx.cwd, ctx.roots, use)
@@ -266,8 +301,8 @@ class ReadFile(BuiltinTool[ReadArgs]):
             request = ctx.client.read_text_file(str(path), args.line, args.limit)
             text = _cap(await _editor("read", shown, request), shown)
         else:
-            text = await anyio.to_thread.run_sync(
-                _read_disk, args.path, ctx, shown, args.line, args.limit
+            text = await in_worker(
+                lambda stop: _read_disk(stop, args.path, ctx, shown, args.line, args.limit)
             )
         return ToolOutcome(text if text else f"[{shown} is empty]")
 
