@@ -443,6 +443,21 @@ async def test_a_line_longer_than_a_read_comes_cut(ws: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_write_and_edit_refuse_a_file_too_large_to_hold(ws: Path) -> None:
+    with (ws / "big.txt").open("wb") as sparse:
+        sparse.write(b"head\n")
+        sparse.truncate(files.MAX_EDIT_BYTES + 1)
+    ctx = make_ctx(ws)
+    for name, arguments in [
+        ("edit_file", {"path": "big.txt", "old_text": "head", "new_text": "x"}),
+        ("write_file", {"path": "big.txt", "content": "x"}),
+    ]:
+        with pytest.raises(ToolError, match=r"big\.txt is 16,000,001 bytes; write_file and"):
+            await TOOLS[name].run(arguments, ctx)
+    assert (ws / "big.txt").stat().st_size == files.MAX_EDIT_BYTES + 1
+
+
+@pytest.mark.anyio
 async def test_a_cancelled_caller_does_not_wait_for_its_worker() -> None:
     started, finished = threading.Event(), threading.Event()
 
