@@ -331,3 +331,49 @@ async def test_resume_restores_the_sessions_mcp_servers_except_those_with_secret
             if u["sessionUpdate"] == "agent_message_chunk"
         )
         assert "'beta' was not restarted" in said
+
+
+async def test_a_hostile_search_holds_neither_other_sessions_nor_cancel(home, workspace, tmp_path):
+    # Python's re would spend 2**40 steps on line 1, holding the GIL and so the
+    # whole server; nothing below could be answered until it was done.
+    (workspace / "hostile.txt").write_text("a" * 40 + "!\naaaa\n")
+    provider = script(
+        tmp_path,
+        [
+            [
+                "tool_call: {name: search_text, arguments: {pattern: '(a+)+$', path: .}}",
+                "message: searched",
+            ]
+        ],
+    )
+
+    def started(sid: str):
+        return lambda m: (
+            m.get("method") == "session/update"
+            and m["params"]["sessionId"] == sid
+            and m["params"]["update"].get("status") == "in_progress"
+        )
+
+    async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
+        await server.request("initialize", INIT)
+        new = {"cwd": str(workspace), "mcpServers": []}
+        first = (await server.request("session/new", new))["result"]["sessionId"]
+        second = (await server.request("session/new", new))["result"]["sessionId"]
+        await server.send(
+            {"jsonrpc": "2.0", "id": "p1", "method": "session/prompt", "params": prompt(first)}
+        )
+        await server.wait_for(started(first))
+        await server.send(
+            {"jsonrpc": "2.0", "id": "p2", "method": "session/prompt", "params": prompt(second)}
+        )
+        await server.wait_for(started(second))
+        await server.notify("session/cancel", {"sessionId": second})
+        listed = (await server.request("session/list", {}))["result"]["sessions"]
+        assert {first, second} <= {s["sessionId"] for s in listed}
+        cancelled = await server.response("p2")
+        assert cancelled["result"]["stopReason"] in ("cancelled", "end_turn")
+        done = await server.response("p1")
+        assert done["result"]["stopReason"] == "end_turn"
+        call = final_calls(server, first)["call_1_1"]
+    assert call["status"] == "completed"
+    assert call["content"][0]["content"]["text"] == "hostile.txt:2: aaaa"

@@ -7,6 +7,7 @@ The only stand-in is ``Editor``, a recording double of the *editor's* side of
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,13 @@ import anyio
 import pytest
 
 from acp_server.agent.tools import files, search
-from acp_server.agent.tools.base import ExitStatus, ToolContext, ToolError, ToolOutcome
+from acp_server.agent.tools.base import (
+    ExitStatus,
+    ToolContext,
+    ToolError,
+    ToolOutcome,
+    in_worker,
+)
 from acp_server.agent.tools.paths import resolve_in_roots
 from acp_server.agent.tools.registry import ToolSet, builtin_tools
 
@@ -104,6 +111,26 @@ def test_symlinks_pointing_outside_are_refused(ws: Path, tmp_path: Path) -> None
             resolve_in_roots(path, ws, [ws])
     (ws / "inner").symlink_to(ws / "src")
     assert resolve_in_roots("inner/main.py", ws, [ws]) == (ws / "src/main.py").resolve()
+
+
+def test_a_link_loop_is_a_clear_refusal(ws: Path) -> None:
+    (ws / "a").symlink_to(ws / "b")
+    (ws / "b").symlink_to(ws / "a")
+    with pytest.raises(ToolError, match=r"a/x leads into a loop of symbolic links"):
+        resolve_in_roots("a/x", ws, [ws])
+
+
+@pytest.mark.anyio
+async def test_a_fifo_in_the_workspace_is_refused_not_waited_on(ws: Path) -> None:
+    os.mkfifo(ws / "pipe")
+    ctx = make_ctx(ws)
+    with pytest.raises(ToolError, match="pipe is not a regular file"):
+        await run("read_file", ctx, path="pipe")
+    with pytest.raises(ToolError, match="pipe"):
+        await run("write_file", ctx, path="pipe", content="x")
+    assert (await run("search_text", ctx, pattern="x", path="pipe")).model_text.startswith(
+        "No matches"
+    )
 
 
 def test_a_sibling_with_a_common_prefix_is_outside(tmp_path: Path) -> None:
@@ -277,7 +304,7 @@ async def test_list_directory(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.anyio
-async def test_find_files(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_find_files(ws: Path) -> None:
     ctx = make_ctx(ws)
     assert (await run("find_files", ctx, pattern="**/*.py")).model_text.splitlines() == [
         "src/main.py",
@@ -296,13 +323,13 @@ async def test_find_files(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "src/pkg/util.py"
     )
     assert (await run("find_files", ctx, pattern="*.rs")).model_text == "No files match."
-    monkeypatch.setattr(search, "MAX_FOUND", 1)
-    bounded = (await run("find_files", ctx, pattern="**/*")).model_text.splitlines()
+    one = search.FindFiles(search.Limits(found=1))
+    bounded = (await one.run({"pattern": "**/*"}, ctx)).model_text.splitlines()
     assert bounded == ["blob.bin", "[stopped after 1 files; narrow the pattern or path]"]
 
 
 @pytest.mark.anyio
-async def test_search_text(ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_search_text(ws: Path, tmp_path: Path) -> None:
     ctx = make_ctx(ws)
     hits = (await run("search_text", ctx, pattern=r"TODO")).model_text.splitlines()
     assert hits == ["README.md:2: TODO: write docs", "src/pkg/util.py:2: return 'TODO'"]
@@ -320,9 +347,131 @@ async def test_search_text(ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     (ws / "sneaky.txt").symlink_to(outside)
     assert "secret" not in (await run("search_text", ctx, pattern="TODO")).model_text
 
-    monkeypatch.setattr(search, "MAX_MATCHES", 1)
-    bounded = (await run("search_text", ctx, pattern="line")).model_text.splitlines()
+    one = search.SearchText(search.Limits(matches=1))
+    bounded = (await one.run({"pattern": "line"}, ctx)).model_text.splitlines()
     assert bounded == ["notes.txt:1: line 1", "[stopped after 1 matches; narrow the search]"]
+
+
+HOSTILE = "a" * 40 + "!\naaaa\n"
+"""Python's re spends 2**40 steps on line 1 for (a+)+$; RE2 reads it once."""
+
+
+@pytest.mark.anyio
+async def test_a_catastrophic_pattern_is_answered_in_linear_time(ws: Path) -> None:
+    (ws / "hostile.txt").write_text(HOSTILE)
+    ctx = make_ctx(ws)
+    found = await run("search_text", ctx, pattern="(a+)+$", path="hostile.txt")
+    assert found.model_text == "hostile.txt:2: aaaa"
+    walked = await run("search_text", ctx, pattern="(a+)+$")
+    assert walked.model_text == "hostile.txt:2: aaaa"
+    many_stars = await run("find_files", ctx, pattern="*a*a*a*a*a*a*a*a*a*a*a*a*b", path=".")
+    assert many_stars.model_text == "No files match."
+
+
+@pytest.mark.anyio
+async def test_search_semantics_are_per_line(ws: Path) -> None:
+    (ws / "lines.txt").write_bytes(b"first x\r\nsecond\r\n\nx last\n")
+    ctx = make_ctx(ws)
+
+    async def lines(pattern: str) -> list[str]:
+        text = (await run("search_text", ctx, pattern=pattern, path="lines.txt")).model_text
+        return [] if text.startswith("No matches") else text.splitlines()
+
+    assert await lines("x$") == ["lines.txt:1: first x"]
+    assert await lines("^x") == ["lines.txt:4: x last"]
+    assert await lines("^$") == ["lines.txt:3: "]
+    assert await lines(r"x\s+s") == []  # no match runs from one line into the next
+    assert await lines(r"\Asecond") == ["lines.txt:2: second"]
+    assert await lines("(?i)SECOND") == ["lines.txt:2: second"]
+
+
+@pytest.mark.anyio
+async def test_unsupported_regex_syntax_is_explained(ws: Path) -> None:
+    ctx = make_ctx(ws)
+    for pattern in (r"(a)\1", "foo(?=bar)", "(?<!x)y", r"end\Z"):
+        with pytest.raises(ToolError) as refused:
+            await run("search_text", ctx, pattern=pattern)
+        message = str(refused.value)
+        assert message.startswith(f"Invalid regular expression {pattern!r}: ")
+        assert "RE2 syntax" in message and "no backreferences" in message
+
+
+@pytest.mark.anyio
+async def test_a_huge_file_is_searched_in_part_and_says_so(ws: Path) -> None:
+    huge = ws / "huge.log"
+    with huge.open("wb") as sparse:
+        sparse.write(b"needle at the start\n" + b"x" * 10_000 + b"\n")
+        sparse.truncate(5 * 1024**3)  # 5 GB, nearly all of it a hole
+    found = (await run("search_text", make_ctx(ws), pattern="needle")).model_text.splitlines()
+    assert found == [
+        "huge.log:1: needle at the start",
+        "[only the first 4,000,000 bytes of these large files were searched: huge.log]",
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_search_reads_a_bounded_number_of_bytes_and_entries(ws: Path) -> None:
+    ctx = make_ctx(ws)
+    (ws / "more").mkdir()
+    for n in range(5):
+        (ws / "more" / f"f{n}.txt").write_text(f"hit {n}\n" + "." * 50 + "\n")
+    small = search.SearchText(search.Limits(total_bytes=150))
+    found = (await small.run({"pattern": "hit", "path": "more"}, ctx)).model_text.splitlines()
+    assert found == [
+        "more/f0.txt:1: hit 0",
+        "more/f1.txt:1: hit 1",
+        "more/f2.txt:1: hit 2",
+        "[stopped after reading 150 bytes; narrow the path or glob]",
+    ]
+    few = search.FindFiles(search.Limits(entries=3))
+    listed = (await few.run({"pattern": "*.txt", "path": "more"}, ctx)).model_text.splitlines()
+    *names, note = listed
+    assert len(names) == 3 and set(names) < {f"more/f{n}.txt" for n in range(5)}
+    assert note == "[looked at the first 3 files and folders only; narrow the path]"
+
+
+@pytest.mark.anyio
+async def test_a_line_longer_than_a_read_comes_cut(ws: Path) -> None:
+    (ws / "one-line.txt").write_text("y" * (files.MAX_READ_CHARS + 10) + "\nnext\n")
+    first = (await run("read_file", make_ctx(ws), path="one-line.txt", line=1, limit=1)).model_text
+    assert (
+        first
+        == "y" * files.MAX_READ_CHARS + f"…[line cut at {files.MAX_READ_CHARS:,} characters]\n"
+    )
+    second = await run("read_file", make_ctx(ws), path="one-line.txt", line=2)
+    assert second.model_text == "next\n"
+
+
+@pytest.mark.anyio
+async def test_write_and_edit_refuse_a_file_too_large_to_hold(ws: Path) -> None:
+    with (ws / "big.txt").open("wb") as sparse:
+        sparse.write(b"head\n")
+        sparse.truncate(files.MAX_EDIT_BYTES + 1)
+    ctx = make_ctx(ws)
+    for name, arguments in [
+        ("edit_file", {"path": "big.txt", "old_text": "head", "new_text": "x"}),
+        ("write_file", {"path": "big.txt", "content": "x"}),
+    ]:
+        with pytest.raises(ToolError, match=r"big\.txt is 16,000,001 bytes; write_file and"):
+            await TOOLS[name].run(arguments, ctx)
+    assert (ws / "big.txt").stat().st_size == files.MAX_EDIT_BYTES + 1
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_caller_does_not_wait_for_its_worker() -> None:
+    started, finished = threading.Event(), threading.Event()
+
+    def work(stop: threading.Event) -> str:
+        started.set()
+        stop.wait()  # a walk that would only end when told to
+        finished.set()
+        return "too late"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(in_worker, work)
+        assert await anyio.to_thread.run_sync(started.wait, 30)
+        tg.cancel_scope.cancel()
+    assert await anyio.to_thread.run_sync(finished.wait, 30)
 
 
 # ---- run_command, locally ----------------------------------------------------------

@@ -8,10 +8,15 @@ permission; tools only do the work and describe the result.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+
+import anyio.to_thread
+
+T = TypeVar("T")
 
 ToolKind = Literal[
     "read", "edit", "delete", "move", "search", "execute", "think", "fetch", "switch_mode", "other"
@@ -104,3 +109,22 @@ class Tool(Protocol):
         ...
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome: ...
+
+
+class Abandoned(Exception):
+    """Raised in a worker whose caller was cancelled; nobody reads its result."""
+
+
+async def in_worker(work: Callable[[threading.Event], T]) -> T:
+    """``work(stop)`` in a worker thread that a cancelled caller leaves at once.
+
+    Plain ``anyio.to_thread.run_sync`` holds a cancel until the thread returns, so a
+    long walk would keep the turn (and its ``session/cancel``) waiting. Here the
+    caller goes at once and ``stop`` tells the worker to give up at its next check
+    (raise ``Abandoned``).
+    """
+    stop = threading.Event()
+    try:
+        return await anyio.to_thread.run_sync(work, stop, abandon_on_cancel=True)
+    finally:
+        stop.set()

@@ -1,13 +1,18 @@
 """Reading, writing and editing files, and listing folders.
 
 When the editor offers ``fs/*`` the text goes through it: reads then see unsaved
-buffers and writes land in the editor's view. Otherwise the tools use the disk.
-Either way every path is checked against the session's roots first.
+buffers and writes land in the editor's view. Otherwise the tools use the disk,
+always through ``at_path`` so what is opened is what was checked. Either way every
+path is checked against the session's roots first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+import io
+import os
+import stat
+import threading
+from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,14 +20,31 @@ import anyio
 import anyio.to_thread
 from pydantic import Field
 
-from acp_server.agent.tools.base import ToolContext, ToolError, ToolKind, ToolOutcome
-from acp_server.agent.tools.paths import display_path, resolve_in_roots
+from acp_server.agent.tools.base import (
+    Abandoned,
+    ToolContext,
+    ToolError,
+    ToolKind,
+    ToolOutcome,
+    in_worker,
+)
+from acp_server.agent.tools.paths import (
+    Moved,
+    at_path,
+    display_path,
+    open_nofollow,
+    resolve_in_roots,
+)
 from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
 MAX_READ_CHARS = 1_000_000
 """A whole-file read larger than this is refused; ask for a line range instead."""
+MAX_EDIT_BYTES = 16_000_000
+"""write_file and edit_file read the old text whole (for the diff); larger files are refused."""
 MAX_LIST_ENTRIES = 1_000
 _BINARY_SNIFF = 8192
+_READ_A_FOLDER = "is a folder; use list_directory to see what it holds"
+_NOT_A_FILE = "is a folder, not a file"
 
 T = TypeVar("T")
 
@@ -31,27 +53,66 @@ def _describe_os_error(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def _read_disk(path: Path, shown: str, line: int | None, limit: int | None) -> str:
+def _read_disk(
+    stop: threading.Event,
+    given: str,
+    ctx: ToolContext,
+    shown: str,
+    line: int | None,
+    limit: int | None,
+) -> str:
     """A slice of a file on disk, read lazily so a range of a huge file stays cheap."""
-    try:
-        if path.is_dir():
-            raise ToolError(f"{shown} is a folder; use list_directory to see what it holds.")
-        if not path.exists():
-            raise ToolError(f"{shown} does not exist.")
-        size = path.stat().st_size
-        with path.open("rb") as raw:
+
+    def use(folder: int, name: str) -> str:
+        with _open_regular(folder, name, shown, _READ_A_FOLDER) as raw:
             if b"\x00" in raw.read(_BINARY_SNIFF):
                 raise ToolError(f"{shown} looks like a binary file; only text can be read.")
-        if line is None and limit is None and size > MAX_READ_CHARS:
-            raise ToolError(
-                f"{shown} is {size:,} bytes, more than read_file returns at once "
-                f"({MAX_READ_CHARS:,}); pass line and limit to read part of it, "
-                "or search_text to find what you need."
-            )
-        with path.open(encoding="utf-8", errors="replace", newline="") as text:
-            return _take_lines(text, shown, line, limit)
+            size = os.fstat(raw.fileno()).st_size
+            if line is None and limit is None and size > MAX_READ_CHARS:
+                raise ToolError(
+                    f"{shown} is {size:,} bytes, more than read_file returns at once "
+                    f"({MAX_READ_CHARS:,}); pass line and limit to read part of it, "
+                    "or search_text to find what you need."
+                )
+            raw.seek(0)
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+            return _take_lines(_bounded_lines(text, stop), shown, line, limit)
+
+    try:
+        return at_path(given, ctx.cwd, ctx.roots, use)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ToolError(f"{shown} does not exist.") from None
     except OSError as exc:
         raise ToolError(f"Could not read {shown}: {_describe_os_error(exc)}.") from None
+
+
+def _open_regular(folder: int, name: str, shown: str, if_folder: str) -> io.BufferedReader:
+    """The file ``name`` in ``folder``, opened for reading if it is a regular file.
+
+    ``O_NONBLOCK`` keeps a FIFO planted in the workspace from hanging the open.
+    """
+    fd = open_nofollow(folder, name, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return open(fd, "rb")
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise ToolError(f"{shown} {if_folder}.")
+    raise ToolError(f"{shown} is not a regular file; only text files can be used.")
+
+
+def _bounded_lines(text: io.TextIOWrapper, stop: threading.Event) -> Iterator[str]:
+    """The file's lines, each cut to ``MAX_READ_CHARS``: one huge line never sits in
+    memory whole, and a cancelled read stops between lines."""
+    while line := text.readline(MAX_READ_CHARS):
+        if stop.is_set():
+            raise Abandoned
+        if len(line) == MAX_READ_CHARS and not line.endswith("\n"):
+            while (rest := text.readline(MAX_READ_CHARS)) and not rest.endswith("\n"):
+                if stop.is_set():
+                    raise Abandoned
+            line += f"…[line cut at {MAX_READ_CHARS:,} characters]\n"
+        yield line
 
 
 def _take_lines(lines: Iterable[str], shown: str, line: int | None, limit: int | None) -> str:
@@ -65,7 +126,7 @@ def _take_lines(lines: Iterable[str], shown: str, line: int | None, limit: int |
         if limit is not None and len(taken) >= limit:
             break
         size += len(text)
-        if size > MAX_READ_CHARS:
+        if size > MAX_READ_CHARS and taken:
             taken.append(f"\n[stopped before line {total}; pass line={total} to read on]\n")
             break
         taken.append(text)
@@ -80,15 +141,13 @@ def _cap(text: str, shown: str) -> str:
     return text[:MAX_READ_CHARS] + f"\n[{shown} continues; pass line and limit to read the rest]\n"
 
 
-async def _read_current(path: Path, shown: str, ctx: ToolContext) -> str | None:
+async def _read_current(given: str, path: Path, shown: str, ctx: ToolContext) -> str | None:
     """The file's text as the editor sees it, or None when it does not exist yet."""
-    if not await anyio.Path(path).exists():
-        return None
-    if await anyio.Path(path).is_dir():
-        raise ToolError(f"{shown} is a folder, not a file.")
     if ctx.client is not None and ctx.client.can_read:
+        if not await anyio.to_thread.run_sync(_exists_on_disk, given, ctx, shown):
+            return None
         return await _editor("read", shown, ctx.client.read_text_file(str(path)))
-    return await anyio.to_thread.run_sync(_read_whole, path, shown)
+    return await anyio.to_thread.run_sync(_read_whole, given, ctx, shown)
 
 
 async def _editor(action: str, shown: str, request: Awaitable[T]) -> T:
@@ -101,28 +160,63 @@ async def _editor(action: str, shown: str, request: Awaitable[T]) -> T:
         raise ToolError(f"The editor could not {action} {shown}: {exc}") from None
 
 
-def _read_whole(path: Path, shown: str) -> str:
+def _exists_on_disk(given: str, ctx: ToolContext, shown: str) -> bool:
+    def use(folder: int, name: str) -> bool:
+        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise Moved(name)
+        if stat.S_ISDIR(mode):
+            raise ToolError(f"{shown} {_NOT_A_FILE}.")
+        return True
+
     try:
-        with path.open(encoding="utf-8", errors="replace", newline="") as text:
-            return text.read()
+        return at_path(given, ctx.cwd, ctx.roots, use)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     except OSError as exc:
         raise ToolError(f"Could not read {shown}: {_describe_os_error(exc)}.") from None
 
 
-def _write_disk(path: Path, shown: str, content: str | None) -> None:
-    """Create the parent folders and, unless the editor writes it, the file itself."""
+def _read_whole(given: str, ctx: ToolContext, shown: str) -> str | None:
+    def use(folder: int, name: str) -> str:
+        with _open_regular(folder, name, shown, _NOT_A_FILE) as raw:
+            size = os.fstat(raw.fileno()).st_size
+            if size > MAX_EDIT_BYTES:
+                raise ToolError(
+                    f"{shown} is {size:,} bytes; write_file and edit_file only change files "
+                    f"up to {MAX_EDIT_BYTES:,} bytes."
+                )
+            return raw.read(MAX_EDIT_BYTES + 1).decode("utf-8", errors="replace")
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if content is not None:
-            with path.open("w", encoding="utf-8", newline="") as text:
-                text.write(content)
+        return at_path(given, ctx.cwd, ctx.roots, use)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ToolError(f"Could not read {shown}: {_describe_os_error(exc)}.") from None
+
+
+def _write_disk(given: str, ctx: ToolContext, shown: str, content: str | None) -> None:
+    """Create the parent folders and, unless the editor writes it, the file itself."""
+
+    def use(folder: int, name: str) -> None:
+        if content is None:
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+        with open(open_nofollow(folder, name, flags), "w", encoding="utf-8", newline="") as text:
+            if not stat.S_ISREG(os.fstat(text.fileno()).st_mode):
+                raise ToolError(f"{shown} is not a regular file; only text files can be used.")
+            text.write(content)
+
+    try:
+        at_path(given, ctx.cwd, ctx.roots, use, make_parents=True)
     except OSError as exc:
         raise ToolError(f"Could not write {shown}: {_describe_os_error(exc)}.") from None
 
 
-async def _write(path: Path, shown: str, content: str, ctx: ToolContext) -> None:
+async def _write(given: str, path: Path, shown: str, content: str, ctx: ToolContext) -> None:
     via_editor = ctx.client is not None and ctx.client.can_write
-    await anyio.to_thread.run_sync(_write_disk, path, shown, None if via_editor else content)
+    await anyio.to_thread.run_sync(_write_disk, given, ctx, shown, None if via_editor else content)
     if ctx.client is not None and via_editor:
         await _editor("write", shown, ctx.client.write_text_file(str(path), content))
 
@@ -207,7 +301,9 @@ class ReadFile(BuiltinTool[ReadArgs]):
             request = ctx.client.read_text_file(str(path), args.line, args.limit)
             text = _cap(await _editor("read", shown, request), shown)
         else:
-            text = await anyio.to_thread.run_sync(_read_disk, path, shown, args.line, args.limit)
+            text = await in_worker(
+                lambda stop: _read_disk(stop, args.path, ctx, shown, args.line, args.limit)
+            )
         return ToolOutcome(text if text else f"[{shown} is empty]")
 
 
@@ -232,8 +328,8 @@ class WriteFile(_PathTool[WriteArgs]):
         args = self.parse(arguments)
         path = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
         shown = display_path(path, ctx.cwd)
-        old = await _read_current(path, shown, ctx)
-        await _write(path, shown, args.content, ctx)
+        old = await _read_current(args.path, path, shown, ctx)
+        await _write(args.path, path, shown, args.content, ctx)
         verb = "Created" if old is None else "Wrote"
         return ToolOutcome(
             f"{verb} {shown} ({_lines(args.content)}).",
@@ -270,7 +366,7 @@ class EditFile(_PathTool[EditArgs]):
         shown = display_path(path, ctx.cwd)
         if args.old_text == args.new_text:
             raise ToolError("old_text and new_text are the same; there is nothing to change.")
-        old = await _read_current(path, shown, ctx)
+        old = await _read_current(args.path, path, shown, ctx)
         if old is None:
             raise ToolError(f"{shown} does not exist; use write_file to create it.")
         old_text, new_text = args.old_text, args.new_text
@@ -290,7 +386,7 @@ class EditFile(_PathTool[EditArgs]):
                 "to make it unique, or set replace_all to replace every occurrence."
             )
         new = old.replace(old_text, new_text)
-        await _write(path, shown, new, ctx)
+        await _write(args.path, path, shown, new, ctx)
         what = "1 occurrence" if count == 1 else f"{count} occurrences"
         return ToolOutcome(f"Edited {shown}: replaced {what}.", content=[_diff(path, old, new)])
 
@@ -299,16 +395,24 @@ class ListArgs(_PathArgs):
     path: str = Field(".", description="Folder to list; the working directory by default.")
 
 
-def _list_disk(path: Path, shown: str) -> str:
+def _list_disk(given: str, ctx: ToolContext, shown: str) -> str:
+    def use(folder: int, name: str) -> list[str]:
+        fd = open_nofollow(folder, name, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise ToolError(f"{shown} is a file, not a folder; use read_file to read it.")
+            with os.scandir(fd) as entries:
+                return sorted(
+                    (entry.name + "/" if entry.is_dir() else entry.name for entry in entries),
+                    key=str.lower,
+                )
+        finally:
+            os.close(fd)
+
     try:
-        if not path.exists():
-            raise ToolError(f"{shown} does not exist.")
-        if not path.is_dir():
-            raise ToolError(f"{shown} is a file, not a folder; use read_file to read it.")
-        names = sorted(
-            (entry.name + "/" if entry.is_dir() else entry.name for entry in path.iterdir()),
-            key=str.lower,
-        )
+        names = at_path(given, ctx.cwd, ctx.roots, use)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ToolError(f"{shown} does not exist.") from None
     except OSError as exc:
         raise ToolError(f"Could not list {shown}: {_describe_os_error(exc)}.") from None
     if not names:
@@ -334,4 +438,4 @@ class ListDirectory(_PathTool[ListArgs]):
         args = self.parse(arguments)
         path = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
         shown = display_path(path, ctx.cwd)
-        return ToolOutcome(await anyio.to_thread.run_sync(_list_disk, path, shown))
+        return ToolOutcome(await anyio.to_thread.run_sync(_list_disk, args.path, ctx, shown))

@@ -1,39 +1,94 @@
-"""Finding files by glob and text by regex, bounded so one call never floods the model.
+"""Finding files by glob and text by regex, bounded so one call never floods the model
+nor holds the process.
 
-Walks run in a worker thread and check for cancellation between files, so a
-cancelled turn stops a long search instead of leaving it running.
+Patterns and globs are matched with RE2, in time linear in the text: a pattern such
+as ``(a+)+$`` cannot backtrack for minutes the way Python's ``re`` would, holding the
+GIL and so every session. Walks run in a worker thread that a cancelled turn leaves
+at once (``in_worker``); the worker gives up at its next file or folder. One call
+looks at a bounded number of entries and reads a bounded number of bytes, and the
+result says what was left out. Walks go from folder descriptor to folder descriptor
+and never through a link, so a folder swapped for a link mid-walk cannot lead
+outside the roots.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio.from_thread
-import anyio.to_thread
+import re2
 from pydantic import Field
 
-from acp_server.agent.tools.base import ToolContext, ToolError, ToolKind, ToolOutcome
-from acp_server.agent.tools.paths import display_path, resolve_in_roots
+from acp_server.agent.tools.base import (
+    Abandoned,
+    ToolContext,
+    ToolError,
+    ToolKind,
+    ToolOutcome,
+    in_worker,
+)
+from acp_server.agent.tools.paths import (
+    FOLDER,
+    Moved,
+    at_path,
+    display_path,
+    open_nofollow,
+    resolve_in_roots,
+)
 from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
-MAX_FOUND = 500
-MAX_MATCHES = 200
 MAX_LINE_CHARS = 300
-MAX_SEARCH_FILE_BYTES = 2_000_000
 SKIPPED_DIRS = frozenset({".git"})
 _BINARY_SNIFF = 8192
+_READ = os.O_RDONLY | os.O_NONBLOCK
+
+Regex = Any
+"""A compiled ``re2`` pattern (the package ships no type hints)."""
+Found = Generator[tuple[int, str, str], None, None]
+"""Files as (folder fd, name, posix path relative to the search folder)."""
+
+_LINE_ONLY = re.compile(r"\\[Az]|\(\?[a-zA-Z]*-")
+"""Patterns whose meaning changes when searched across a whole buffer at once."""
+_UNSUPPORTED = (
+    "invalid perl operator",
+    "invalid escape sequence",
+    "bad repetition operator",
+    "invalid repetition size",
+)
 
 
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob with ``**``, ``*``, ``?``, ``[...]`` and ``{a,b}`` to a full-match regex.
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one call may look at; whatever is cut is said in the result."""
 
-    ``fnmatch`` lets ``*`` cross ``/`` and knows neither ``**`` nor braces.
-    """
+    found: int = 500
+    matches: int = 200
+    entries: int = 200_000
+    """Files and folders one walk looks at."""
+    depth: int = 64
+    """Folders nested deeper are not entered."""
+    file_bytes: int = 4_000_000
+    """Bytes searched in one file; the rest of a longer file is not."""
+    total_bytes: int = 256_000_000
+    """Bytes one search reads in all."""
+
+
+def _options(ignore_case: bool = False, one_line: bool = False) -> Any:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own line on stderr
+    options.case_sensitive = not ignore_case
+    options.never_nl = one_line
+    return options
+
+
+def _glob_source(pattern: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -56,15 +111,24 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
             i = end
         elif char == "{" and (end := pattern.find("}", i)) != -1:
             options = pattern[i + 1 : end].split(",")
-            out.append("(?:" + "|".join(glob_to_regex(o).pattern[:-2] for o in options) + ")")
+            out.append("(?:" + "|".join(_glob_source(o) for o in options) + ")")
             i = end
         else:
-            out.append(re.escape(char))
+            out.append(re2.escape(char))
         i += 1
-    return re.compile("".join(out) + r"\Z")
+    return "".join(out)
 
 
-def _glob_matcher(pattern: str) -> tuple[re.Pattern[str], bool]:
+def glob_to_regex(pattern: str) -> Regex:
+    """Compile a glob with ``**``, ``*``, ``?``, ``[...]`` and ``{a,b}`` for ``fullmatch``.
+
+    ``fnmatch`` lets ``*`` cross ``/`` and knows neither ``**`` nor braces; and a glob
+    with many stars is exactly what makes a backtracking matcher take forever.
+    """
+    return re2.compile(_glob_source(pattern), _options())
+
+
+def _glob_matcher(pattern: str) -> tuple[Regex, bool]:
     """The regex, and whether it applies to the name only (a pattern without '/')."""
     pattern = pattern.strip()
     while pattern.startswith("./"):
@@ -78,31 +142,206 @@ def _glob_matcher(pattern: str) -> tuple[re.Pattern[str], bool]:
         )
     try:
         return glob_to_regex(pattern), "/" not in pattern
-    except re.error as exc:
-        raise ToolError(f"Invalid glob pattern {pattern!r}: {exc}.") from None
+    except re2.error as exc:
+        raise ToolError(f"Invalid glob pattern {pattern!r}: {_re2_reason(exc)}.") from None
 
 
-def _matches(rule: tuple[re.Pattern[str], bool], relative: str) -> bool:
+def _matches(rule: tuple[Regex, bool], relative: str) -> bool:
     regex, name_only = rule
-    return regex.match(relative.rsplit("/", 1)[-1] if name_only else relative) is not None
+    return regex.fullmatch(relative.rsplit("/", 1)[-1] if name_only else relative) is not None
 
 
-def _walk(base: Path) -> Iterator[tuple[Path, str]]:
-    """Files under base, sorted, as (path, posix path relative to base); skips .git."""
-    for folder, dirs, files in os.walk(base, followlinks=False):
-        anyio.from_thread.check_cancelled()
-        dirs[:] = sorted((d for d in dirs if d not in SKIPPED_DIRS), key=str.lower)
-        for name in sorted(files, key=str.lower):
-            path = Path(folder, name)
-            yield path, path.relative_to(base).as_posix()
+def _re2_reason(exc: Exception) -> str:
+    reason = exc.args[0] if exc.args else str(exc)
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
 
 
-def _folder(path: Path, shown: str) -> Path:
-    if not path.exists():
-        raise ToolError(f"{shown} does not exist.")
-    if not path.is_dir():
-        raise ToolError(f"{shown} is a file, not a folder.")
-    return path
+class _Matcher:
+    """Finds the lines of a buffer that a pattern matches, each in linear time.
+
+    ``finder`` is the pattern across the whole buffer with ``^``/``$`` at line ends
+    and ``never_nl``, so no match spans lines: one RE2 pass skips the lines that
+    cannot match, and ``line`` confirms each candidate line on its own.
+    """
+
+    def __init__(self, pattern: str, ignore_case: bool) -> None:
+        try:
+            self.line = re2.compile(pattern, _options(ignore_case))
+            self.finder = None
+            if not _LINE_ONLY.search(pattern):
+                self.finder = re2.compile("(?m)" + pattern, _options(ignore_case, one_line=True))
+        except re2.error as exc:
+            reason = _re2_reason(exc)
+            hint = ""
+            if reason.startswith(_UNSUPPORTED):
+                hint = (
+                    " search_text uses RE2 syntax, which matches in linear time and so has no "
+                    "backreferences (\\1, (?P=name)), no lookahead or lookbehind ((?=, (?!, "
+                    "(?<=, (?<!), no possessive or atomic groups and no repeat counts over "
+                    "1000; \\Z is written \\z. Rewrite the pattern without them."
+                )
+            raise ToolError(f"Invalid regular expression {pattern!r}: {reason}.{hint}") from None
+
+    def lines(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        """(line number, line) for each matching line, in order."""
+        data = data[:-1] if data.endswith(b"\n") else data
+        if not data:
+            return
+        if self.finder is None:
+            for number, line in enumerate(data.split(b"\n"), start=1):
+                if self.line.search(line) is not None:
+                    yield number, line
+            return
+        pos = counted = 0
+        number = 1
+        while (found := self.finder.search(data, pos)) is not None:
+            start = data.rfind(b"\n", 0, found.start()) + 1
+            end = data.find(b"\n", found.start())
+            end = len(data) if end == -1 else end
+            number += data.count(b"\n", counted, start)
+            counted = start
+            if self.line.search(data[start:end]) is not None:
+                yield number, data[start:end]
+            if end == len(data):
+                return
+            pos = end + 1
+
+
+class _Walk:
+    """One find or search: the walk of a folder, its budget, and what it left out."""
+
+    def __init__(self, limits: Limits, stop: threading.Event) -> None:
+        self.limits = limits
+        self.stop = stop
+        self.entries = 0
+        self.bytes = 0
+        self.too_many = self.too_deep = self.read_enough = False
+        self.partly_read: list[str] = []
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise Abandoned
+
+    def files(self, top: int) -> Found:
+        """Files under the folder ``top``, sorted, as (folder fd, name, posix path
+        relative to top); skips .git.
+
+        A folder's files come before its subfolders. Links are listed as files,
+        except links to folders, which (like subfolders that turn out to be links)
+        are skipped.
+        """
+        yield from self._folder(top, "", 0)
+
+    def _folder(self, folder: int, prefix: str, depth: int) -> Iterator[tuple[int, str, str]]:
+        self.check()
+        entries: list[os.DirEntry[str]] = []
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                if self.entries >= self.limits.entries:
+                    self.too_many = True
+                    break
+                self.entries += 1
+                entries.append(entry)
+        entries.sort(key=lambda entry: entry.name.lower())
+        subfolders: list[str] = []
+        for entry in entries:
+            self.check()
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in SKIPPED_DIRS:
+                        subfolders.append(entry.name)
+                    continue
+                if entry.is_symlink() and entry.is_dir():
+                    continue
+            except OSError:
+                continue
+            yield folder, entry.name, prefix + entry.name
+        if subfolders and depth >= self.limits.depth:
+            self.too_deep = True
+            return
+        for name in subfolders:
+            if self.too_many:
+                return
+            try:
+                child = open_nofollow(folder, name, FOLDER)
+            except (Moved, OSError):
+                continue
+            try:
+                yield from self._folder(child, f"{prefix}{name}/", depth + 1)
+            finally:
+                os.close(child)
+
+    def read(self, fd: int, shown: str) -> bytes | None:
+        """The searchable head of a text file (taking ownership of ``fd``); None for
+        binary files, and for every file once the byte budget is spent."""
+        with open(fd, "rb") as raw:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            room = self.limits.total_bytes - self.bytes
+            if room <= 0:
+                self.read_enough = True
+                return None
+            head = raw.read(min(_BINARY_SNIFF, room))
+            if b"\x00" in head:
+                return None
+            want = min(self.limits.file_bytes, room)
+            data = head + raw.read(max(0, want - len(head)))
+            self.bytes += len(data)
+            if raw.read(1):
+                if want < self.limits.file_bytes:
+                    self.read_enough = True
+                else:
+                    self.partly_read.append(shown)
+                cut = data.rfind(b"\n")
+                data = data[: cut + 1] if cut != -1 else data
+        return data.replace(b"\r\n", b"\n") if b"\r\n" in data else data
+
+    def notes(self) -> list[str]:
+        limits, notes = self.limits, []
+        if self.partly_read:
+            names = ", ".join(self.partly_read[:5])
+            more = f" and {len(self.partly_read) - 5} more" if len(self.partly_read) > 5 else ""
+            notes.append(
+                f"[only the first {limits.file_bytes:,} bytes of these large files were "
+                f"searched: {names}{more}]"
+            )
+        if self.read_enough:
+            notes.append(
+                f"[stopped after reading {limits.total_bytes:,} bytes; narrow the path or glob]"
+            )
+        if self.too_many:
+            notes.append(
+                f"[looked at the first {limits.entries:,} files and folders only; narrow the path]"
+            )
+        if self.too_deep:
+            notes.append(f"[folders nested more than {limits.depth} levels deep were skipped]")
+        return notes
+
+
+def _open_base(given: str, ctx: ToolContext, shown: str) -> int:
+    """A descriptor for the file or folder a search starts from."""
+    try:
+        return at_path(
+            given, ctx.cwd, ctx.roots, lambda folder, name: open_nofollow(folder, name, _READ)
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        raise ToolError(f"{shown} does not exist.") from None
+    except OSError as exc:
+        raise ToolError(f"Could not open {shown}: {(exc.strerror or str(exc)).lower()}.") from None
+
+
+def _open_found(folder: int, name: str, path: Path, ctx: ToolContext) -> int | None:
+    """A file the walk found; a link is followed only through ``at_path``, so only
+    when it stays inside the roots."""
+    try:
+        try:
+            return open_nofollow(folder, name, _READ)
+        except Moved:
+            return at_path(
+                str(path), ctx.cwd, ctx.roots, lambda at, last: open_nofollow(at, last, _READ)
+            )
+    except (OSError, ToolError):
+        return None
 
 
 class FindArgs(Arguments):
@@ -120,6 +359,9 @@ class FindFiles(BuiltinTool[FindArgs]):
     mutates = False
     arguments = FindArgs
 
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+
     def title(self, arguments: dict[str, Any]) -> str:
         args = self.try_parse(arguments)
         return "Find files" if args is None else f"Find {args.pattern} in {args.path}"
@@ -128,23 +370,44 @@ class FindFiles(BuiltinTool[FindArgs]):
         args = self.parse(arguments)
         base = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
         rule = _glob_matcher(args.pattern)
-        return ToolOutcome(await anyio.to_thread.run_sync(self._find, base, rule, ctx.cwd))
+        return ToolOutcome(
+            await in_worker(lambda stop: self._find(stop, args.path, base, rule, ctx))
+        )
 
-    @staticmethod
-    def _find(base: Path, rule: tuple[re.Pattern[str], bool], cwd: Path) -> str:
-        _folder(base, display_path(base, cwd))
+    def _find(
+        self,
+        stop: threading.Event,
+        given: str,
+        base: Path,
+        rule: tuple[Regex, bool],
+        ctx: ToolContext,
+    ) -> str:
+        shown = display_path(base, ctx.cwd)
+        walk = _Walk(self.limits, stop)
         found: list[str] = []
-        for path, relative in _walk(base):
-            if _matches(rule, relative):
-                if len(found) == MAX_FOUND:
-                    found.append(f"[stopped after {MAX_FOUND} files; narrow the pattern or path]")
-                    break
-                found.append(display_path(path, cwd))
-        return "\n".join(found) if found else "No files match."
+        top = _open_base(given, ctx, shown)
+        try:
+            if not stat.S_ISDIR(os.fstat(top).st_mode):
+                raise ToolError(f"{shown} is a file, not a folder.")
+            for _, _, relative in walk.files(top):
+                if _matches(rule, relative):
+                    if len(found) == self.limits.found:
+                        found.append(
+                            f"[stopped after {self.limits.found} files; narrow the pattern or path]"
+                        )
+                        break
+                    found.append(display_path(base / relative, ctx.cwd))
+        finally:
+            os.close(top)
+        return "\n".join((found or ["No files match."]) + walk.notes())
 
 
 class SearchArgs(Arguments):
-    pattern: str = Field(min_length=1, description="Regular expression (Python syntax).")
+    pattern: str = Field(
+        min_length=1,
+        description="Regular expression in RE2 syntax (Python's re without backreferences "
+        "or lookaround), matched against each line.",
+    )
     path: str = Field(
         ".", description="Folder or file to search; the working directory by default."
     )
@@ -162,6 +425,9 @@ class SearchText(BuiltinTool[SearchArgs]):
     mutates = False
     arguments = SearchArgs
 
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+
     def title(self, arguments: dict[str, Any]) -> str:
         args = self.try_parse(arguments)
         return "Search text" if args is None else f"Search /{args.pattern}/ in {args.path}"
@@ -169,55 +435,70 @@ class SearchText(BuiltinTool[SearchArgs]):
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
         base = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
-        try:
-            regex = re.compile(args.pattern, re.IGNORECASE if args.ignore_case else 0)
-        except re.error as exc:
-            raise ToolError(f"Invalid regular expression {args.pattern!r}: {exc}.") from None
+        matcher = _Matcher(args.pattern, args.ignore_case)
         rule = None if args.glob is None else _glob_matcher(args.glob)
-        text = await anyio.to_thread.run_sync(self._search, base, regex, rule, ctx)
+        text = await in_worker(
+            lambda stop: self._search(stop, args.path, base, args.pattern, matcher, rule, ctx)
+        )
         return ToolOutcome(text)
 
-    @staticmethod
     def _search(
+        self,
+        stop: threading.Event,
+        given: str,
         base: Path,
-        regex: re.Pattern[str],
-        rule: tuple[re.Pattern[str], bool] | None,
+        pattern: str,
+        matcher: _Matcher,
+        rule: tuple[Regex, bool] | None,
         ctx: ToolContext,
     ) -> str:
         shown = display_path(base, ctx.cwd)
-        if not base.exists():
-            raise ToolError(f"{shown} does not exist.")
-        files = [(base, base.name)] if base.is_file() else _walk(base)
-        roots = [root.resolve() for root in ctx.roots] or [ctx.cwd.resolve()]
+        walk = _Walk(self.limits, stop)
+        top = _open_base(given, ctx, shown)
+        try:
+            if stat.S_ISDIR(os.fstat(top).st_mode):
+                files = walk.files(top)
+            else:
+                files, base = _only(base.name), base.parent
+            with contextlib.closing(files):
+                hits = self._hits(walk, files, top, base, matcher, rule, ctx)
+        finally:
+            os.close(top)
+        return "\n".join((hits or [f"No matches for /{pattern}/ in {shown}"]) + walk.notes())
+
+    def _hits(
+        self,
+        walk: _Walk,
+        files: Iterator[tuple[int, str, str]],
+        top: int,
+        base: Path,
+        matcher: _Matcher,
+        rule: tuple[Regex, bool] | None,
+        ctx: ToolContext,
+    ) -> list[str]:
         hits: list[str] = []
-        for path, relative in files:
+        for folder, name, relative in files:
+            if walk.read_enough:
+                break
             if rule is not None and not _matches(rule, relative):
                 continue
-            if path.is_symlink() and not any(path.resolve().is_relative_to(r) for r in roots):
-                continue
-            for number, line in _text_lines(path):
-                if regex.search(line):
-                    if len(hits) == MAX_MATCHES:
-                        hits.append(f"[stopped after {MAX_MATCHES} matches; narrow the search]")
-                        return "\n".join(hits)
-                    text = line.strip()
-                    if len(text) > MAX_LINE_CHARS:
-                        text = text[:MAX_LINE_CHARS] + "…"
-                    hits.append(f"{display_path(path, ctx.cwd)}:{number}: {text}")
-        return "\n".join(hits) if hits else f"No matches for /{regex.pattern}/ in {shown}"
+            path = base / relative
+            fd = os.dup(top) if folder == -1 else _open_found(folder, name, path, ctx)
+            data = None if fd is None else walk.read(fd, display_path(path, ctx.cwd))
+            for number, line in matcher.lines(data or b""):
+                walk.check()
+                if len(hits) == self.limits.matches:
+                    hits.append(f"[stopped after {self.limits.matches} matches; narrow the search]")
+                    return hits
+                hits.append(f"{display_path(path, ctx.cwd)}:{number}: {_shown_line(line)}")
+        return hits
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a text file; nothing for binary, huge or unreadable files."""
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SEARCH_FILE_BYTES:
-            return
-        with path.open("rb") as raw:
-            if b"\x00" in raw.read(_BINARY_SNIFF):
-                return
-            raw.seek(0)
-            data = raw.read()
-    except OSError:
-        return
-    yield from enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1)
+def _only(name: str) -> Found:
+    """The one file a search was pointed at (its descriptor is the search's own)."""
+    yield -1, "", name
+
+
+def _shown_line(line: bytes) -> str:
+    text = line.decode("utf-8", errors="replace").strip()
+    return text[:MAX_LINE_CHARS] + "…" if len(text) > MAX_LINE_CHARS else text
