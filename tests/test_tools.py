@@ -352,6 +352,60 @@ async def test_search_text(ws: Path, tmp_path: Path) -> None:
     assert bounded == ["notes.txt:1: line 1", "[stopped after 1 matches; narrow the search]"]
 
 
+@pytest.fixture
+def ignoring(ws: Path) -> Path:
+    """ws with ignore files at several levels, each hiding a TODO."""
+    (ws / ".gitignore").write_text("node_modules/\n*.log\n!keep.log\n/build\n")
+    (ws / ".git" / "info").mkdir()
+    (ws / ".git" / "info" / "exclude").write_text("scratch.txt\n")
+    (ws / "src" / ".ignore").write_text("generated.py\n")
+    hidden = ["node_modules/pkg/index.js", "debug.log", "build/out.txt", "scratch.txt", "src/x.log"]
+    for name in [*hidden, "src/generated.py", "keep.log", "src/build/kept.txt"]:
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws / name).write_text("TODO here\n")
+    return ws
+
+
+@pytest.mark.anyio
+async def test_find_and_search_honour_ignore_files(ignoring: Path) -> None:
+    ctx = make_ctx(ignoring)
+    found = (await run("find_files", ctx, pattern="**/*")).model_text.splitlines()
+    assert found == [
+        ".gitignore",
+        "blob.bin",
+        "keep.log",
+        "notes.txt",
+        "README.md",
+        "src/.ignore",
+        "src/main.py",
+        "src/build/kept.txt",
+        "src/pkg/util.py",
+    ]
+    hits = (await run("search_text", ctx, pattern="TODO")).model_text.splitlines()
+    assert hits == [
+        "keep.log:1: TODO here",
+        "README.md:2: TODO: write docs",
+        "src/build/kept.txt:1: TODO here",
+        "src/pkg/util.py:2: return 'TODO'",
+    ]
+    in_src = (await run("search_text", ctx, pattern="TODO", path="src")).model_text
+    assert in_src.splitlines() == [
+        "src/build/kept.txt:1: TODO here",
+        "src/pkg/util.py:2: return 'TODO'",
+    ]
+
+
+@pytest.mark.anyio
+async def test_an_ignored_folder_named_as_the_path_is_searched(ignoring: Path) -> None:
+    ctx = make_ctx(ignoring)
+    inside = await run("search_text", ctx, pattern="TODO", path="node_modules")
+    assert inside.model_text == "node_modules/pkg/index.js:1: TODO here"
+    listed = await run("find_files", ctx, pattern="*.js", path="node_modules/pkg")
+    assert listed.model_text == "node_modules/pkg/index.js"
+    one_file = await run("search_text", ctx, pattern="TODO", path="debug.log")
+    assert one_file.model_text == "debug.log:1: TODO here"
+
+
 HOSTILE = "a" * 40 + "!\naaaa\n"
 """Python's re spends 2**40 steps on line 1 for (a+)+$; RE2 reads it once."""
 

@@ -133,7 +133,10 @@ def is_link(folder: int, name: str) -> bool:
 
 def _open_parent(resolved: Path, roots: list[Path], make_parents: bool) -> tuple[int, str]:
     """The verified folder holding ``resolved``, and the last part of its name."""
-    root = max((r for r in roots if resolved.is_relative_to(r)), key=lambda r: len(r.parts))
+    holding = [root for root in roots if resolved.is_relative_to(root)]
+    if not holding:
+        raise Moved(str(resolved))  # a root itself moved since the check
+    root = max(holding, key=lambda r: len(r.parts))
     parts = resolved.relative_to(root).parts
     folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -9,6 +9,11 @@ looks at a bounded number of entries and reads a bounded number of bytes, and th
 result says what was left out. Walks go from folder descriptor to folder descriptor
 and never through a link, so a folder swapped for a link mid-walk cannot lead
 outside the roots.
+
+Walks skip ``.git`` and what ``.gitignore``, ``.ignore`` and ``.git/info/exclude``
+exclude (read with ``pathspec``, matched by its RE2 backend), as git and ripgrep
+do; so ``node_modules`` or ``.venv`` do not drown the answer. A folder the call
+names itself is searched even when ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pathspec
 import re2
 from pydantic import Field
 
@@ -37,6 +43,7 @@ from acp_server.agent.tools.base import (
 from acp_server.agent.tools.paths import (
     FOLDER,
     Moved,
+    allowed_roots,
     at_path,
     display_path,
     open_nofollow,
@@ -46,6 +53,9 @@ from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
 MAX_LINE_CHARS = 300
 SKIPPED_DIRS = frozenset({".git"})
+IGNORE_FILES = ((".git", "info", "exclude"), (".gitignore",), (".ignore",))
+"""Read in this order in each folder, so a later file's rule wins over an earlier one's."""
+_MAX_IGNORE_BYTES = 256_000
 _BINARY_SNIFF = 8192
 _READ = os.O_RDONLY | os.O_NONBLOCK
 
@@ -53,6 +63,9 @@ Regex = Any
 """A compiled ``re2`` pattern (the package ships no type hints)."""
 Found = Generator[tuple[int, str, str], None, None]
 """Files as (folder fd, name, posix path relative to the search folder)."""
+Rules = tuple[tuple[str, int, pathspec.GitIgnoreSpec], ...]
+"""Ignore rules in force, shallowest first, as (lead, skip, spec): a path relative to
+the search folder is checked against ``spec`` as ``lead + path[skip:]``."""
 
 _LINE_ONLY = re.compile(r"\\[Az]|\(\?[a-zA-Z]*-")
 """Patterns whose meaning changes when searched across a whole buffer at once."""
@@ -222,17 +235,20 @@ class _Walk:
         if self.stop.is_set():
             raise Abandoned
 
-    def files(self, top: int) -> Found:
+    def files(self, top: int, rules: Rules = ()) -> Found:
         """Files under the folder ``top``, sorted, as (folder fd, name, posix path
-        relative to top); skips .git.
+        relative to top); skips .git and what the ignore files (``rules`` from the
+        folders above top, then each folder's own) exclude.
 
         A folder's files come before its subfolders. Links are listed as files,
         except links to folders, which (like subfolders that turn out to be links)
         are skipped.
         """
-        yield from self._folder(top, "", 0)
+        yield from self._folder(top, "", 0, rules)
 
-    def _folder(self, folder: int, prefix: str, depth: int) -> Iterator[tuple[int, str, str]]:
+    def _folder(
+        self, folder: int, prefix: str, depth: int, rules: Rules
+    ) -> Iterator[tuple[int, str, str]]:
         self.check()
         entries: list[os.DirEntry[str]] = []
         with os.scandir(folder) as scan:
@@ -243,19 +259,26 @@ class _Walk:
                 self.entries += 1
                 entries.append(entry)
         entries.sort(key=lambda entry: entry.name.lower())
+        own = _folder_rules(folder, {entry.name for entry in entries})
+        if own is not None:
+            rules = (*rules, ("", len(prefix), own))
         subfolders: list[str] = []
         for entry in entries:
             self.check()
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name not in SKIPPED_DIRS:
-                        subfolders.append(entry.name)
+                is_folder = entry.is_dir(follow_symlinks=False)
+                if is_folder and entry.name in SKIPPED_DIRS:
                     continue
-                if entry.is_symlink() and entry.is_dir():
+                if not is_folder and entry.is_symlink() and entry.is_dir():
                     continue
             except OSError:
                 continue
-            yield folder, entry.name, prefix + entry.name
+            if rules and _ignored(rules, prefix + entry.name, is_folder):
+                continue
+            if is_folder:
+                subfolders.append(entry.name)
+            else:
+                yield folder, entry.name, prefix + entry.name
         if subfolders and depth >= self.limits.depth:
             self.too_deep = True
             return
@@ -267,7 +290,7 @@ class _Walk:
             except (Moved, OSError):
                 continue
             try:
-                yield from self._folder(child, f"{prefix}{name}/", depth + 1)
+                yield from self._folder(child, f"{prefix}{name}/", depth + 1, rules)
             finally:
                 os.close(child)
 
@@ -318,6 +341,92 @@ class _Walk:
         return notes
 
 
+def _ignored(rules: Rules, relative: str, is_folder: bool) -> bool:
+    """Whether the deepest rule that speaks about ``relative`` ignores it (git's order)."""
+    path = relative + "/" if is_folder else relative
+    for lead, skip, spec in reversed(rules):
+        verdict = spec.check_file(lead + path[skip:]).include
+        if verdict is not None:
+            return verdict
+    return False
+
+
+def _folder_rules(folder: int, names: set[str] | None = None) -> pathspec.GitIgnoreSpec | None:
+    """The ignore rules a folder's own files set (``names``: its entries, when known)."""
+    lines: list[str] = []
+    for parts in IGNORE_FILES:
+        if names is None or parts[0] in names:
+            lines += _small_text(folder, parts)
+    return _spec(lines) if lines else None
+
+
+def _small_text(folder: int, parts: tuple[str, ...]) -> list[str]:
+    """The lines of a small file under ``folder``, reached without following links."""
+    opened: list[int] = []
+    try:
+        at = folder
+        for part in parts[:-1]:
+            at = open_nofollow(at, part, FOLDER)
+            opened.append(at)
+        with open(open_nofollow(at, parts[-1], _READ), "rb") as raw:
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                return []
+            data = raw.read(_MAX_IGNORE_BYTES)
+    except (Moved, OSError):
+        return []
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return data.decode("utf-8", errors="replace").splitlines()
+
+
+def _spec(lines: list[str]) -> pathspec.GitIgnoreSpec | None:
+    """The rules, keeping what can be read of a broken ignore file."""
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines, backend="re2")
+    except Exception:
+        kept = [line for line in lines if _spec_or_none([line]) is not None]
+        return _spec_or_none(kept)
+
+
+def _spec_or_none(lines: list[str]) -> pathspec.GitIgnoreSpec | None:
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines, backend="re2")
+    except Exception:
+        return None
+
+
+def _ancestor_rules(base: Path, ctx: ToolContext) -> Rules:
+    """The ignore rules of the folders between the root and ``base``; none when they
+    ignore ``base`` itself, since a folder the call names is searched as asked."""
+    roots = [root for root in allowed_roots(ctx.cwd, ctx.roots) if base.is_relative_to(root)]
+    root = max(roots, key=lambda r: len(r.parts))
+    rules: list[tuple[str, int, pathspec.GitIgnoreSpec]] = []
+    for folder in reversed(base.parents):
+        if not folder.is_relative_to(root):
+            continue
+        try:
+            spec = at_path(
+                str(folder),
+                ctx.cwd,
+                ctx.roots,
+                lambda at, name: _rules_of(open_nofollow(at, name, FOLDER)),
+            )
+        except (OSError, ToolError):
+            continue
+        if spec is not None:
+            rules.append((base.relative_to(folder).as_posix() + "/", 0, spec))
+    found = tuple(rules)
+    return () if found and _ignored(found, "", is_folder=False) else found
+
+
+def _rules_of(folder: int) -> pathspec.GitIgnoreSpec | None:
+    try:
+        return _folder_rules(folder)
+    finally:
+        os.close(folder)
+
+
 def _open_base(given: str, ctx: ToolContext, shown: str) -> int:
     """A descriptor for the file or folder a search starts from."""
     try:
@@ -354,7 +463,10 @@ class FindArgs(Arguments):
 
 class FindFiles(BuiltinTool[FindArgs]):
     name = "find_files"
-    description = "Find files whose path matches a glob pattern (skips .git)."
+    description = (
+        "Find files whose path matches a glob pattern. Skips .git and what .gitignore, "
+        ".ignore and .git/info/exclude ignore; pass an ignored folder as path to look inside."
+    )
     kind: ToolKind = "search"
     mutates = False
     arguments = FindArgs
@@ -389,7 +501,7 @@ class FindFiles(BuiltinTool[FindArgs]):
         try:
             if not stat.S_ISDIR(os.fstat(top).st_mode):
                 raise ToolError(f"{shown} is a file, not a folder.")
-            for _, _, relative in walk.files(top):
+            for _, _, relative in walk.files(top, _ancestor_rules(base, ctx)):
                 if _matches(rule, relative):
                     if len(found) == self.limits.found:
                         found.append(
@@ -419,7 +531,8 @@ class SearchText(BuiltinTool[SearchArgs]):
     name = "search_text"
     description = (
         "Search file contents with a regular expression. Returns 'file:line: text' lines; "
-        "skips binary files and .git."
+        "skips binary files, .git and what .gitignore, .ignore and .git/info/exclude ignore "
+        "(pass an ignored folder as path to search inside it)."
     )
     kind: ToolKind = "search"
     mutates = False
@@ -457,7 +570,7 @@ class SearchText(BuiltinTool[SearchArgs]):
         top = _open_base(given, ctx, shown)
         try:
             if stat.S_ISDIR(os.fstat(top).st_mode):
-                files = walk.files(top)
+                files = walk.files(top, _ancestor_rules(base, ctx))
             else:
                 files, base = _only(base.name), base.parent
             with contextlib.closing(files):
