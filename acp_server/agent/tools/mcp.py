@@ -8,11 +8,13 @@ group, ends every connection and stops every server process.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
+from acp_server.agent.tools import reaper
 from acp_server.agent.tools.base import Tool, ToolContext, ToolError, ToolKind, ToolOutcome
 from acp_server.logs import get_logger
 
@@ -42,6 +45,9 @@ USER) so a server decodes text and finds a temp folder as the user's shell would
 _MAX_TOOL_PAGES = 100
 _CLOSE_TIMEOUT = 15.0
 """Bounds aclose: the SDK's own stdio shutdown escalates over at most about 6 s."""
+_TERM_GRACE = 1.0
+"""From SIGTERM to SIGKILL for a server whose supervisor is told to stop; below the
+SDK's own 2 s, after which it would SIGKILL the supervisor before it cleaned up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,12 +266,12 @@ class SessionExtensions:
 
     async def _open(self, stack: AsyncExitStack, spec: ServerSpec) -> ClientSession:
         if spec.transport == "stdio":
-            params = StdioServerParameters(
-                command=spec.command,
-                args=list(spec.args),
-                env=_environment(spec.env),
-                cwd=self._cwd,
-            )
+            env = _environment(spec.env)
+            argv = [spec.command, *spec.args]
+            if reaper.SUPPORTED:
+                _check_executable(spec.command, env, self._cwd)
+                argv = reaper.supervised(argv, term_grace=_TERM_GRACE)
+            params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=self._cwd)
             read, write = await stack.enter_async_context(stdio_client(params, self._errlog))
         else:
             http = await stack.enter_async_context(create_mcp_http_client(headers=spec.headers))
@@ -293,6 +299,21 @@ async def _list_tools(session: ClientSession) -> list[types.Tool]:
         if not cursor:
             break
     return listed
+
+
+def _check_executable(command: str, env: dict[str, str], cwd: Path | None) -> None:
+    """Fail as exec would, naming the command: under the supervisor, a failed exec
+    would only be an early exit."""
+    path = env.get("PATH", os.environ.get("PATH", os.defpath))
+    if os.sep in command:
+        candidate = Path(cwd or ".", command)
+        found = str(candidate) if candidate.exists() else None
+    else:
+        found = shutil.which(command, mode=os.F_OK, path=path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
 
 
 def _environment(given: dict[str, str]) -> dict[str, str]:
