@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.harness import INIT, raw_server, server_env
@@ -377,3 +379,82 @@ async def test_a_hostile_search_holds_neither_other_sessions_nor_cancel(home, wo
         call = final_calls(server, first)["call_1_1"]
     assert call["status"] == "completed"
     assert call["content"][0]["content"]["text"] == "hostile.txt:2: aaaa"
+
+
+async def _until_gone(pids: list[int], seconds: float = 20) -> list[int]:
+    """The pids still alive once all are gone or ``seconds`` have passed (a safety net)."""
+    for _ in range(int(seconds / 0.05)):
+        if not any(_alive(pid) for pid in pids):
+            break
+        await anyio.sleep(0.05)
+    return [pid for pid in pids if _alive(pid)]
+
+
+async def _until_written(path: Path, seconds: float = 30) -> str:
+    for _ in range(int(seconds / 0.02)):
+        if path.exists() and path.read_text().endswith("\n"):
+            break
+        await anyio.sleep(0.02)
+    return path.read_text()
+
+
+async def test_a_running_command_and_all_it_started_die_with_a_killed_server(
+    home, workspace, tmp_path
+):
+    command = (
+        "echo $$ > shell.pid; sleep 3011 & echo $! > bg.pid; "
+        "(setsid sh -c 'echo $$ > escaped.pid; exec sleep 3012' &); "
+        "until [ -s escaped.pid ]; do sleep 0.01; done; echo go > ready; wait"
+    )
+    provider = script(
+        tmp_path,
+        [[f"tool_call: {{name: run_command, arguments: {{command: {json.dumps(command)}}}}}"]],
+    )
+    async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
+        await server.request("initialize", INIT)
+        sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
+            "result"
+        ]["sessionId"]
+        await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
+        await server.send(
+            {"jsonrpc": "2.0", "id": 1, "method": "session/prompt", "params": prompt(sid)}
+        )
+        await _until_written(workspace / "ready")
+        pids = [int((workspace / name).read_text()) for name in ("shell.pid", "bg.pid")]
+        pids.append(int((workspace / "escaped.pid").read_text()))
+        assert all(_alive(pid) for pid in pids)
+        server.process.kill()
+        await server.process.wait()
+    assert await _until_gone(pids) == []
+
+
+async def test_mcp_servers_and_all_they_started_die_with_the_session_and_the_server(
+    home, workspace, tmp_path
+):
+    echo = {"name": "alpha", "command": sys.executable, "args": [str(ECHO_SERVER)], "env": []}
+    calls = ["tool_call: {name: alpha__pid, arguments: {}}", "tool_call: {name: alpha__spawn}"]
+    provider = script(tmp_path, [[*calls, "message: a"], [*calls, "message: b"]])
+
+    async def started(server, sid: str) -> list[int]:
+        """The session's MCP server pid, and the pid of the child it spawned."""
+        await server.request("session/set_mode", {"sessionId": sid, "modeId": "auto"})
+        await server.request("session/prompt", prompt(sid))
+        results = list(final_calls(server, sid).values())
+        pids = [int(call["content"][0]["content"]["text"]) for call in results]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        return pids
+
+    async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
+        await server.request("initialize", INIT)
+        new = {"cwd": str(workspace), "mcpServers": [echo]}
+        closed = (await server.request("session/new", new))["result"]["sessionId"]
+        killed = (await server.request("session/new", new))["result"]["sessionId"]
+        closed_pids = await started(server, closed)
+        killed_pids = await started(server, killed)
+        await server.request("session/close", {"sessionId": closed})
+        assert await _until_gone(closed_pids) == [], (
+            "closing a session stops all its servers started"
+        )
+        server.process.kill()
+        await server.process.wait()
+    assert await _until_gone(killed_pids) == [], "a killed server leaves no MCP process behind"

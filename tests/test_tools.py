@@ -540,6 +540,7 @@ async def test_run_command_reports_exit_code_and_output(ws: Path) -> None:
         "signal": None,
         "timedOut": False,
         "truncated": False,
+        "stoppedProcesses": 0,
     }
     assert outcome.content[0]["content"]["text"] == "```console\nout\nerr\n```"
     quiet = await run("run_command", make_ctx(ws), command="true")
@@ -608,14 +609,50 @@ async def test_run_command_keeps_the_tail_of_long_output(ws: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_background_child_holding_the_pipe_does_not_hang(ws: Path) -> None:
+async def test_a_background_child_holding_the_pipe_is_stopped_when_the_command_ends(
+    ws: Path,
+) -> None:
     started = time.monotonic()
     outcome = await run(
-        "run_command", make_ctx(ws), command="sleep 3 & echo $! > bg.pid; echo done"
+        "run_command", make_ctx(ws), command="sleep 3001 & echo $! > bg.pid; echo done"
     )
     assert time.monotonic() - started < 2.5
-    assert outcome.model_text == "Exit code: 0\nOutput:\ndone\n"
-    os.kill(int((ws / "bg.pid").read_text()), 9)
+    assert outcome.model_text == (
+        "Exit code: 0\n[stopped 1 background process the command left running]\nOutput:\ndone\n"
+    )
+    assert outcome.raw_output["stoppedProcesses"] == 1
+    assert not alive(int((ws / "bg.pid").read_text()))
+
+
+@pytest.mark.anyio
+async def test_children_that_left_the_process_group_are_stopped_too(ws: Path) -> None:
+    command = (
+        "(setsid sh -c 'echo $$ > escaped.pid; exec sleep 3002' &); "
+        "sh -c 'sleep 3003 & echo $! > orphan.pid'; "
+        "until [ -s escaped.pid ]; do sleep 0.01; done; echo started"
+    )
+    outcome = await run("run_command", make_ctx(ws), command=command)
+    assert outcome.model_text.startswith("Exit code: 0\n[stopped 2 background processes")
+    assert not alive(int((ws / "escaped.pid").read_text()))
+    assert not alive(int((ws / "orphan.pid").read_text()))
+
+
+@pytest.mark.anyio
+async def test_cancelling_stops_children_that_left_the_process_group(ws: Path) -> None:
+    command = "(setsid sh -c 'echo $$ > escaped.pid; exec sleep 3004' &); sleep 3005"
+    pid_file = ws / "escaped.pid"
+
+    async def background() -> None:
+        await run("run_command", make_ctx(ws), command=command)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(background)
+        for _ in range(1500):
+            if pid_file.exists() and pid_file.read_text().endswith("\n"):
+                break
+            await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert not alive(int((ws / "escaped.pid").read_text()))
 
 
 @pytest.mark.anyio

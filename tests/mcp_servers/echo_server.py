@@ -14,6 +14,7 @@ reply, so tests can tell two servers apart. For start-up tests, environment vari
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,20 @@ def add(a: int, b: int) -> int:
 def pid() -> int:
     """This server's process id, so a test can check the process is gone."""
     return os.getpid()
+
+
+@server.tool()
+def spawn() -> int:
+    """Start a child in a session of its own, which nothing but a supervisor can find
+    once this server is gone; its process id."""
+    child = subprocess.Popen(
+        ["sleep", "3600"],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return child.pid
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=True))

@@ -13,11 +13,13 @@ one that fails is reported (``on_problem``) when it fails.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -34,6 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
+from acp_server.agent.tools import reaper
 from acp_server.agent.tools.base import Tool, ToolContext, ToolError, ToolKind, ToolOutcome
 from acp_server.logs import get_logger
 from acp_server.sessions.redaction import hide, redact_url, secrets_of
@@ -49,6 +52,9 @@ USER) so a server decodes text and finds a temp folder as the user's shell would
 _MAX_TOOL_PAGES = 100
 _CLOSE_TIMEOUT = 15.0
 """Bounds aclose: the SDK's own stdio shutdown escalates over at most about 6 s."""
+_TERM_GRACE = 1.0
+"""From SIGTERM to SIGKILL for a server whose supervisor is told to stop; below the
+SDK's own 2 s, after which it would SIGKILL the supervisor before it cleaned up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,12 +342,12 @@ class SessionExtensions:
 
     async def _open(self, stack: AsyncExitStack, spec: ServerSpec) -> ClientSession:
         if spec.transport == "stdio":
-            params = StdioServerParameters(
-                command=spec.command,
-                args=list(spec.args),
-                env=_environment(spec.env),
-                cwd=self._cwd,
-            )
+            env = _environment(spec.env)
+            argv = [spec.command, *spec.args]
+            if reaper.SUPPORTED:
+                _check_executable(spec.command, env, self._cwd)
+                argv = reaper.supervised(argv, term_grace=_TERM_GRACE)
+            params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=self._cwd)
             read, write = await stack.enter_async_context(stdio_client(params, self._errlog))
         else:
             http = await stack.enter_async_context(create_mcp_http_client(headers=spec.headers))
@@ -369,6 +375,21 @@ async def _list_tools(session: ClientSession) -> list[types.Tool]:
         if not cursor:
             break
     return listed
+
+
+def _check_executable(command: str, env: dict[str, str], cwd: Path | None) -> None:
+    """Fail as exec would, naming the command: under the supervisor, a failed exec
+    would only be an early exit."""
+    path = env.get("PATH", os.environ.get("PATH", os.defpath))
+    if os.sep in command:
+        candidate = Path(cwd or ".", command)
+        found = str(candidate) if candidate.exists() else None
+    else:
+        found = shutil.which(command, mode=os.F_OK, path=path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
 
 
 def _environment(given: dict[str, str]) -> dict[str, str]:

@@ -15,8 +15,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from anyio.streams.text import TextReceiveStream
 from pydantic import Field
 
+from acp_server.agent.tools import reaper
 from acp_server.agent.tools.base import (
     ClientBridge,
     ExitStatus,
@@ -126,48 +128,107 @@ async def _release(client: ClientBridge, terminal_id: str, *, kill_first: bool) 
 
 
 async def _run_local(command: str, ctx: ToolContext, seconds: float) -> ToolOutcome:
-    """A child process in its own session, so a timeout can kill everything it started."""
+    """A supervised child (see ``reaper``), so a timeout can kill everything it started."""
     tail = _Tail(ctx.output_limit)
     try:
-        process = await anyio.open_process(
-            [SHELL, "-c", command],
-            cwd=ctx.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # Shielded: cancelled after the fork, asyncio would SIGKILL the supervisor,
+        # leaving what it had started behind. The spawn itself is quick.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                reaper.supervised([SHELL, "-c", command], report=True),
+                cwd=ctx.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE if reaper.SUPPORTED else subprocess.STDOUT,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise ToolError(f"Could not start the command: {exc.strerror or exc}.") from None
-    exited = False
     try:
-        with anyio.move_on_after(seconds) as deadline:
-            await _collect(process, tail)
-            exited = True
+        report, timed_out = await _supervise(process, tail, seconds)
     finally:
-        if not exited:
-            _kill_group(process.pid)
         with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
             await process.aclose()
-    status = _exit_status(process.returncode)
+    if report.error is not None:
+        raise ToolError(f"Could not start the command: {report.error}.")
     output = tail.text()
-    timed_out = deadline.cancelled_caught
-    text = _summary(output, tail.dropped > 0, status, seconds if timed_out else None)
+    stopped = 0 if timed_out else report.stopped
+    truncated = tail.dropped > 0
     return ToolOutcome(
-        text,
+        _summary(output, truncated, report.status, seconds if timed_out else None, stopped),
         content=[{"type": "content", "content": {"type": "text", "text": _fenced(output)}}],
-        raw_output=_raw(status, tail.dropped > 0, timed_out),
+        raw_output=_raw(report.status, truncated, timed_out) | {"stoppedProcesses": stopped},
     )
 
 
-async def _collect(process: anyio.abc.Process, tail: _Tail) -> None:
-    """Read output until the shell exits and its pipe drains (or a background child holds it).
+class _Report:
+    """What the supervisor tells on its stderr: how the shell ended, what it stopped after."""
 
-    The exit is polled, not awaited: asyncio's ``wait()`` also waits for the pipes,
-    which a backgrounded grandchild may keep open for as long as it likes.
+    def __init__(self) -> None:
+        self.ended = anyio.Event()
+        """The shell is done, or the supervisor is gone."""
+        self.closed = anyio.Event()
+        """Nothing more will be read: the supervisor is gone, or the reading was cancelled."""
+        self.status: ExitStatus | None = None
+        self.error: str | None = None
+        self.stopped = 0
+
+    def take(self, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        try:
+            if word == "exit":
+                self.status = ExitStatus(exit_code=int(rest))
+            elif word == "signal":
+                self.status = _exit_status(-int(rest))
+            elif word == "error":
+                self.error = rest
+            elif word == "stopped":
+                self.stopped = int(rest)
+                return
+            else:
+                log.warning("supervisor_said", line=line)
+                return
+        except ValueError:
+            log.warning("supervisor_said", line=line)
+            return
+        self.ended.set()
+
+    async def read(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        buffer = ""
+        try:
+            async for text in TextReceiveStream(stream, errors="replace"):
+                *lines, buffer = (buffer + text).split("\n")
+                for line in lines:
+                    self.take(line)
+        finally:
+            self.ended.set()
+            self.closed.set()
+
+    async def watch(self, process: anyio.abc.Process) -> None:
+        """Without a supervisor: the shell's own exit is the end.
+
+        Polled, not awaited: asyncio's ``wait()`` also waits for the pipes, which a
+        background child may hold open for as long as it likes.
+        """
+        while process.returncode is None:  # noqa: ASYNC110 (see the docstring)
+            await anyio.sleep(_EXIT_POLL)
+        self.status = _exit_status(process.returncode)
+        self.ended.set()
+        self.closed.set()
+
+
+async def _supervise(
+    process: anyio.abc.Process, tail: _Tail, seconds: float
+) -> tuple[_Report, bool]:
+    """Read output until the shell ends and its pipe drains, then stop what it left behind.
+
+    A background child may hold the pipe for as long as it likes, so it gets a short
+    grace to finish writing; then it is stopped. Whether the deadline passed is the
+    second item.
     """
     assert process.stdout is not None
     stdout = process.stdout
+    report = _Report()
     drained = anyio.Event()
 
     async def read() -> None:
@@ -177,11 +238,42 @@ async def _collect(process: anyio.abc.Process, tail: _Tail) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(read)
-        while process.returncode is None:  # noqa: ASYNC110 (see the docstring)
-            await anyio.sleep(_EXIT_POLL)
-        with anyio.move_on_after(_DRAIN_GRACE):
-            await drained.wait()
-        tg.cancel_scope.cancel()
+        if process.stderr is not None:
+            tg.start_soon(report.read, process.stderr)
+        else:
+            tg.start_soon(report.watch, process)
+        try:
+            with anyio.move_on_after(seconds) as deadline:
+                await report.ended.wait()
+                with anyio.move_on_after(_DRAIN_GRACE):
+                    await drained.wait()
+        finally:
+            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+                await _stop(process, report)
+            tg.cancel_scope.cancel()
+    return report, deadline.cancelled_caught
+
+
+async def _stop(process: anyio.abc.Process, report: _Report) -> None:
+    """Have everything the command started killed.
+
+    The supervisor does it when asked and then reports how many processes it
+    stopped; without one, the shell's process group is killed if the shell is still
+    running. Signals go through ``os``: asyncio's ``terminate()`` may reap the process
+    behind its child watcher's back. Once reaped, a pid may be another process's.
+    """
+    if not reaper.SUPPORTED:
+        if process.returncode is None:
+            _kill_group(process.pid)
+        return
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+    with anyio.move_on_after(_CLEANUP_TIMEOUT / 2):
+        await report.closed.wait()
+    if not report.closed.is_set() and process.returncode is None:
+        log.warning("supervisor_unresponsive", pid=process.pid)
+        _kill_group(process.pid)
 
 
 def _kill_group(pid: int) -> None:
@@ -226,7 +318,11 @@ def _exit_status(returncode: int | None) -> ExitStatus:
 
 
 def _summary(
-    output: str, truncated: bool, status: ExitStatus | None, timed_out_after: float | None
+    output: str,
+    truncated: bool,
+    status: ExitStatus | None,
+    timed_out_after: float | None,
+    stopped: int = 0,
 ) -> str:
     if timed_out_after is not None:
         head = f"Timed out after {timed_out_after:g} s; the command was killed."
@@ -236,6 +332,9 @@ def _summary(
         head = f"The command was killed by signal {status.signal}."
     else:
         head = f"Exit code: {status.exit_code}"
+    if stopped:
+        plural = "es" if stopped > 1 else ""
+        head += f"\n[stopped {stopped} background process{plural} the command left running]"
     if not output:
         return f"{head}\n(no output)"
     note = "\n[output truncated: showing the end only]" if truncated else ""
