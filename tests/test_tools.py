@@ -656,6 +656,25 @@ async def test_cancelling_stops_children_that_left_the_process_group(ws: Path) -
 
 
 @pytest.mark.anyio
+async def test_a_command_starting_with_a_dash_is_run_not_taken_for_shell_options(
+    ws: Path,
+) -> None:
+    for command in ("-n foo", "--version"):
+        outcome = await run("run_command", make_ctx(ws), command=command)
+        assert outcome.raw_output["exitCode"] == 127
+        assert f"{command.split()[0]}: not found" in outcome.model_text
+
+
+@pytest.mark.anyio
+async def test_a_nul_character_in_a_command_is_a_plain_refusal(ws: Path) -> None:
+    editor = Editor()
+    for ctx in (make_ctx(ws), make_ctx(ws, client=editor)):
+        with pytest.raises(ToolError, match=r"The command contains a NUL character"):
+            await run("run_command", ctx, command="echo a\0b")
+    assert editor.calls == []
+
+
+@pytest.mark.anyio
 async def test_bad_arguments_are_readable(ws: Path) -> None:
     with pytest.raises(ToolError) as bad:
         await TOOLS["run_command"].run({}, make_ctx(ws))
@@ -789,7 +808,7 @@ async def test_run_command_in_an_editor_terminal(ws: Path) -> None:
     ctx = make_ctx(ws, client=editor, report=report, output_limit=4096)
     outcome = await run("run_command", ctx, command="echo hello")
     assert editor.calls == [
-        ("create", "/bin/sh", ["-c", "echo hello"], str(ws), 4096),
+        ("create", "/bin/sh", ["-c", "--", "echo hello"], str(ws), 4096),
         ("wait", "term-1"),
         ("output", "term-1"),
         ("release", "term-1"),

@@ -68,10 +68,20 @@ class RunCommand(BuiltinTool[RunArgs]):
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
+        if "\0" in args.command:
+            raise ToolError(
+                "The command contains a NUL character (\\0), which no command line can "
+                "hold; remove it."
+            )
         timeout = min(args.timeout_seconds or ctx.command_timeout, ctx.command_timeout)
         if ctx.client is not None and ctx.client.can_terminal:
             return await _run_in_terminal(ctx.client, args.command, ctx, timeout)
         return await _run_local(args.command, ctx, timeout)
+
+
+def _shell_args(command: str) -> list[str]:
+    """``--`` ends the shell's options, so a command such as ``-n foo`` is run, not parsed."""
+    return ["-c", "--", command]
 
 
 async def _run_in_terminal(
@@ -80,7 +90,7 @@ async def _run_in_terminal(
     """ACP terminal flow: create, show it live, race exit against the deadline, release."""
     try:
         terminal_id = await client.create_terminal(
-            SHELL, ["-c", command], cwd=str(ctx.cwd), output_byte_limit=ctx.output_limit
+            SHELL, _shell_args(command), cwd=str(ctx.cwd), output_byte_limit=ctx.output_limit
         )
     except ToolError:
         raise
@@ -135,7 +145,7 @@ async def _run_local(command: str, ctx: ToolContext, seconds: float) -> ToolOutc
         # leaving what it had started behind. The spawn itself is quick.
         with anyio.CancelScope(shield=True):
             process = await anyio.open_process(
-                reaper.supervised([SHELL, "-c", command], report=True),
+                reaper.supervised([SHELL, *_shell_args(command)], report=True),
                 cwd=ctx.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
