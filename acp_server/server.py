@@ -157,7 +157,12 @@ async def _watch_signals(scope: anyio.CancelScope) -> None:
             return
 
 
-async def serve(settings: Settings) -> int:
+async def serve(
+    settings: Settings, *, fd_in: int = 0, fd_out: int = 1, handle_signals: bool = True
+) -> int:
+    """Serve one client on ``fd_in``/``fd_out`` (stdin/stdout for an editor; a pair of
+    pipes for a test that runs the server inside its own event loop) until EOF.
+    Returns the exit code."""
     providers = _Providers(settings)
     if settings.provider.name.startswith("script:"):
         # A script that cannot load is a bad setting: say so now, in one line, rather
@@ -170,13 +175,14 @@ async def serve(settings: Settings) -> int:
             problem = f"{exc.message}; fix --provider or ACP_SERVER_PROVIDER"
             print(f"acp-server: {problem}", file=sys.stderr)
             return 2
-    channel = StdioChannel(max_line_bytes=settings.transport.max_message_bytes)
+    channel = StdioChannel(fd_in, fd_out, max_line_bytes=settings.transport.max_message_bytes)
     backend = _Backend(settings)
     agent: AcpAgent | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(backend.open, tg)
-            tg.start_soon(_watch_signals, tg.cancel_scope)
+            if handle_signals:
+                tg.start_soon(_watch_signals, tg.cancel_scope)
             agent = AcpAgent(
                 settings,
                 service=backend.get,
