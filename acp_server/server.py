@@ -11,21 +11,16 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
 
 from acp_server import errors
 from acp_server.agent.providers.base import Provider
-from acp_server.agent.tools.base import Tool
-from acp_server.agent.turn import LiveSession
 from acp_server.config.loader import default_database_url
 from acp_server.config.settings import Settings
 from acp_server.logs import get_logger
-from acp_server.protocol.agent import AcpAgent
+from acp_server.protocol.methods import AcpMethods
 from acp_server.sessions.service import SessionService
 from acp_server.transport.rpc import Connection
 from acp_server.transport.stdio import StdioChannel
@@ -93,7 +88,7 @@ class _Backend:
     async def close(self) -> None:
         if self.service is not None:
             with anyio.CancelScope(shield=True):
-                await self.service.store.close()
+                await self.service.close()
 
 
 class _Providers:
@@ -112,41 +107,6 @@ class _Providers:
         if self.provider is not None:
             with anyio.CancelScope(shield=True):
                 await self.provider.aclose()
-
-
-async def _open_tools(
-    live: LiveSession,
-    servers: list[dict[str, Any]],
-    tg: anyio.abc.TaskGroup,
-    notice: Callable[[str], Awaitable[None]],
-) -> list[str]:
-    """Give a live session its own tool set: the built-in tools now, each MCP server's
-    once it is ready. The servers start in the background, so a slow one never holds
-    up the session; the entries that cannot be used are returned, a server that fails
-    to start is told through ``notice``."""
-    from acp_server.agent.tools.registry import builtin_tools
-
-    live.tools = {tool.name: tool for tool in builtin_tools()}
-    if not servers:
-        return []
-    # The MCP SDK takes ~0.4 s to import: off the event loop, so other sessions go on.
-    await anyio.to_thread.run_sync(importlib.import_module, "acp_server.agent.tools.mcp")
-    from acp_server.agent.tools.mcp import SessionExtensions
-
-    def ready(tools: list[Tool]) -> None:
-        live.tools.update({tool.name: tool for tool in tools})
-
-    extensions = SessionExtensions.start(
-        servers, tg, cwd=Path(live.record.cwd), on_ready=ready, on_problem=notice
-    )
-    live.extensions = extensions
-    return list(extensions.problems)
-
-
-async def _close_tools(live: LiveSession) -> None:
-    extensions, live.extensions = live.extensions, None
-    if extensions is not None:
-        await extensions.aclose()
 
 
 async def _watch_signals(scope: anyio.CancelScope) -> None:
@@ -177,27 +137,24 @@ async def serve(
             return 2
     channel = StdioChannel(fd_in, fd_out, max_line_bytes=settings.transport.max_message_bytes)
     backend = _Backend(settings)
-    agent: AcpAgent | None = None
+    methods: AcpMethods | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(backend.open, tg)
             if handle_signals:
                 tg.start_soon(_watch_signals, tg.cancel_scope)
-            agent = AcpAgent(
-                settings,
-                service=backend.get,
-                provider=providers.get,
-                tools=_open_tools,
-                close_tools=_close_tools,
-                task_group=tg,
+            methods = AcpMethods(
+                settings, service=backend.get, provider=providers.get, task_group=tg
             )
-            connection = Connection(channel, agent.handlers(), notifications=agent.notifications)
-            await connection.serve(on_eof=agent.cancel_turns)
+            connection = Connection(
+                channel, methods.handlers(), notifications=methods.notifications
+            )
+            await connection.serve(on_eof=methods.client_gone)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            if agent is not None:
-                await agent.shutdown()
+            if methods is not None:
+                await methods.shutdown()
             await providers.close()
             await backend.close()
         channel.close()

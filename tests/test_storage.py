@@ -12,13 +12,13 @@ import anyio
 import pytest
 from sqlalchemy import event, func, insert, select
 
+from acp_server.errors import Unavailable
 from acp_server.sessions.model import (
     Item,
     ItemKind,
     NewItem,
     SessionRecord,
     SessionType,
-    StoreUnavailable,
     Turn,
     TurnStatus,
     Usage,
@@ -625,7 +625,7 @@ async def test_a_failed_sqlite_write_leaves_the_store_writing(
                 "CREATE TRIGGER boom BEFORE INSERT ON chat_tasks WHEN NEW.provider = 'boom' "
                 "BEGIN SELECT zeroblob(2000000000); END"
             )
-        with pytest.raises(StoreUnavailable, match="too big"):
+        with pytest.raises(Unavailable, match="too big"):
             await store.start_turn(Turn(id="bad", session_id="s", provider="boom"), message("x"))
         await store.start_turn(Turn(id="good", session_id="s", provider="p"), message("y"))
         assert [t.id for t in await store.list_turns("s")] == ["good"]

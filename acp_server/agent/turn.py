@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -38,9 +38,12 @@ from acp_server.agent.providers.base import (
     UsageReport,
     UserMessage,
 )
+from acp_server.agent.providers.usage import estimated_usage, priced
 from acp_server.agent.tools.base import ClientBridge, Tool, ToolContext, ToolError, ToolOutcome
+from acp_server.config.settings import ProviderSettings
 from acp_server.logs import get_logger
 from acp_server.sessions.model import (
+    Item,
     ItemKind,
     NewItem,
     SessionRecord,
@@ -49,9 +52,6 @@ from acp_server.sessions.model import (
     Usage,
     now_ms,
 )
-
-if TYPE_CHECKING:
-    from acp_server.sessions.service import SessionService
 
 log = get_logger("acp_server.turn")
 
@@ -84,6 +84,20 @@ class TurnListener(Protocol):
     async def request_permission(self, data: dict[str, Any]) -> Decision: ...
 
 
+class TurnLog(Protocol):
+    """Where a turn stores what it says, as it says it (the session service)."""
+
+    async def start_turn(self, turn: Turn, prompt: NewItem) -> None: ...
+    async def finish_turn(
+        self, turn: Turn, context_tokens: int, last: NewItem | None = None
+    ) -> None: ...
+    async def append(self, session_id: str, item: NewItem) -> Item: ...
+    async def update_item(self, session_id: str, seq: int, data: dict[str, Any]) -> None: ...
+    async def latest_seq(self, session_id: str) -> int: ...
+    async def items(self, session_id: str, *, for_model: bool = False) -> list[Item]: ...
+    async def remember_permission_rules(self, session_id: str, rules: dict[str, str]) -> None: ...
+
+
 class Extensions(Protocol):
     """A session's MCP connections (``tools.mcp.SessionExtensions``)."""
 
@@ -111,6 +125,9 @@ class LiveSession:
     closed: bool = False
     announced: bool = False
     """The client knows the session (its setup answer is out), so updates may go out."""
+    problems: list[str] = field(default_factory=list)
+    """What the person should be told about the session (e.g. an MCP server that
+    failed), said at the next chance."""
 
     @property
     def id(self) -> str:
@@ -134,25 +151,12 @@ class TurnConfig:
     max_tokens: int = 8192
     command_timeout: float = 120.0
     system_prompt: str | None = None
-    input_price_per_mtok: float | None = None
-    output_price_per_mtok: float | None = None
+    prices: ProviderSettings | None = None
+    """Where the per-token prices come from, for calls the provider did not price."""
 
 
 def new_message_id() -> str:
     return str(uuid.uuid4())
-
-
-def _estimate_tokens(messages: list[Message]) -> int:
-    chars = 0
-    for message in messages:
-        if isinstance(message, UserMessage):
-            chars += sum(len(getattr(part, "text", "")) for part in message.parts)
-        elif isinstance(message, AssistantMessage):
-            chars += len(message.text) + sum(len(t.text) for t in message.thinking)
-            chars += sum(len(str(call.arguments)) for call in message.tool_calls)
-        else:
-            chars += len(message.content)
-    return chars // 4
 
 
 class _Segment:
@@ -175,7 +179,7 @@ class TurnRunner:
         live: LiveSession,
         *,
         provider: Provider,
-        service: SessionService,
+        service: TurnLog,
         listener: TurnListener,
         config: TurnConfig,
     ):
@@ -313,9 +317,7 @@ class TurnRunner:
             tools_next = finish == FinishReason.TOOL_USE and bool(calls)
             await self._finish_segment(last=not tools_next)
             if not usage_seen:
-                self._add_usage(
-                    Usage(input_tokens=_estimate_tokens(request.messages), estimated=True)
-                )
+                self._add_usage(estimated_usage(request, []))
             if tools_next:
                 for call in calls:
                     await self._tool(call)
@@ -337,15 +339,8 @@ class TurnRunner:
         self.live.synced_seq = latest
 
     def _add_usage(self, usage: Usage) -> None:
-        if usage.cost == 0 and (
-            self.config.input_price_per_mtok or self.config.output_price_per_mtok
-        ):
-            usage = usage.model_copy(
-                update={
-                    "cost": usage.input_tokens * (self.config.input_price_per_mtok or 0) / 1e6
-                    + usage.output_tokens * (self.config.output_price_per_mtok or 0) / 1e6
-                }
-            )
+        if usage.cost == 0 and self.config.prices is not None:
+            usage = priced(usage, self.config.prices)
         self.turn.usage = self.turn.usage + usage
         self.context_tokens = usage.input_tokens + usage.output_tokens
 
@@ -502,7 +497,7 @@ class TurnRunner:
                 if decision in ("allow_always", "reject_always"):
                     rules = {**self.live.record.permission_rules, call.name: decision.split("_")[0]}
                     self.live.record.permission_rules = rules
-                    await self.service.store.update(self.live.id).permission_rules(rules).apply()
+                    await self.service.remember_permission_rules(self.live.id, rules)
                     rule = rules[call.name]
                 elif decision == "unanswered":
                     return ToolOutcome(

@@ -6,7 +6,7 @@ The JSON export, format ``acp-server.session`` version 1, is one object::
       "format": "acp-server.session",
       "version": 1,
       "exported_at": 1714557600000,          # epoch ms, like every time in the file
-      "exported_by": "acp-server 0.1.0",
+      "exported_by": "acp-server 1.2.3",     # the version that wrote it
       "session": {...},                      # the sessions row: id, type, parent_id, cwd,
                                              # additional_directories, title, provider,
                                              # model, mode, config, mcp_servers (secrets

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from acp_server import errors
 from acp_server.config.settings import Settings
 
 APP_NAME = "acp-server"
@@ -51,8 +52,8 @@ PROVIDER_ENVIRONMENT: dict[str, dict[str, str]] = {
 }
 
 
-class ConfigError(Exception):
-    """A setting the server cannot use; its text is the one line shown on stderr."""
+ConfigError = errors.ConfigError
+"""A setting the server cannot use; its text is the one line shown on stderr."""
 
 
 def user_config_file() -> Path:

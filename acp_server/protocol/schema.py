@@ -524,3 +524,13 @@ class TerminalOutputResponse(AcpModel):
     output: str
     truncated: bool
     exit_status: TerminalExitStatus | None = None
+
+
+# ---- acp-server's own extension methods -------------------------------------------------
+
+
+class RenameSessionRequest(AcpModel):
+    """``_acp_server/session/rename``."""
+
+    session_id: str
+    title: str

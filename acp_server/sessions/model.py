@@ -21,10 +21,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class StoreUnavailable(Exception):
-    """The session database stopped answering; its text is one line for a person."""
-
-
 class SessionType(StrEnum):
     USER = "user"
     SUBAGENT = "subagent"

@@ -87,6 +87,9 @@ class SessionService:
     def __init__(self, store: SessionStore):
         self.store = store
 
+    async def close(self) -> None:
+        await self.store.close()
+
     async def create(
         self,
         *,
@@ -193,6 +196,26 @@ class SessionService:
         )
         await self.store.fork_session(source_id, record)
         return record
+
+    async def rename(self, session_id: str, title: str, *, by_user: bool) -> None:
+        """A person's title is kept from then on; a generated one never replaces it."""
+        if not await self.store.update(session_id).title(title, by_user=by_user).apply():
+            raise SessionNotFound(session_id)
+
+    async def configure(
+        self, session_id: str, *, mode: str | None = None, model: str | None = None
+    ) -> None:
+        update = self.store.update(session_id)
+        if mode is not None:
+            update.mode(mode)
+        if model is not None:
+            update.model(model)
+        if not await update.apply():
+            raise SessionNotFound(session_id)
+
+    async def remember_permission_rules(self, session_id: str, rules: dict[str, str]) -> None:
+        """The "always" answers to permission requests, per tool, for the session."""
+        await self.store.update(session_id).permission_rules(rules).apply()
 
     async def delete(self, session_id: str) -> None:
         await self.store.delete_session(session_id)

@@ -17,6 +17,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from acp_server import errors
+
 URL_HINT = "check --database-url / ACP_SERVER_DATABASE_URL"
 SCHEMES_HELP = (
     "use sqlite:///path/to/file.db, postgresql://user:password@host/db "
@@ -32,8 +34,8 @@ _LIBPQ_TO_ASYNCPG = {"sslmode": "ssl", "connect_timeout": "timeout"}
 _PASSWORD_IN_TEXT = re.compile(r"(//[^/:@]*:)[^@/]*@")
 
 
-class StorageError(Exception):
-    """Base of the storage errors whose text is shown to people as one plain line."""
+StorageError = errors.StorageError
+"""Base of the storage errors whose text is shown to people as one plain line."""
 
 
 class DatabaseConfigError(StorageError):

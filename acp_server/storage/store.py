@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from acp_server import errors
 from acp_server.logs import get_logger
 from acp_server.sessions.model import (
     LISTED_TYPES,
@@ -51,7 +52,6 @@ from acp_server.sessions.model import (
     NewItem,
     SessionRecord,
     SessionType,
-    StoreUnavailable,
     Turn,
     TurnStatus,
     Usage,
@@ -111,8 +111,9 @@ class ListKey:
     id: str
 
 
-class SessionNotFoundError(LookupError):
-    """The session does not exist (never did, or was deleted meanwhile)."""
+class SessionNotFoundError(errors.SessionNotFound):
+    """The session does not exist (never did, or was deleted meanwhile, perhaps by
+    another process in the middle of a turn): -32002 with a sentence for a person."""
 
 
 class SessionStore:
@@ -254,7 +255,7 @@ class SessionStore:
 
     @contextmanager
     def _unavailable(self) -> Iterator[None]:
-        """A database that stops answering becomes one plain line (``StoreUnavailable``);
+        """A database that stops answering becomes one plain line (``errors.Unavailable``);
         constraint violations stay what they are, for the callers that retry on them."""
         try:
             yield
@@ -264,7 +265,7 @@ class SessionStore:
             detail = (
                 str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
             )[0]
-            raise StoreUnavailable(
+            raise errors.Unavailable(
                 f"the session database {self.url_redacted} is not answering ({detail[:200]}); "
                 "the request was not completed; check that the database is running"
             ) from exc

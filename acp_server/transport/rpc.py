@@ -62,17 +62,14 @@ class RequestContext:
 Handler = Callable[[RequestContext, dict[str, Any]], Awaitable[Any]]
 
 
-class PeerError(Exception):
+class PeerError(errors.AcpServerError):
     """The client answered one of our requests with an error."""
 
     def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-        self.data = data
+        super().__init__(message, data=data, code=code)
 
 
-class ConnectionClosed(Exception):
+class ConnectionClosed(errors.AcpServerError):
     """The client went away while we waited for its answer."""
 
 
@@ -91,16 +88,15 @@ def _adapt(handler: Handler) -> Callable[..., Awaitable[Result]]:
             raise JsonRpcError(errors.INVALID_PARAMS, "Invalid params: params must be an object")
         try:
             result = await handler(ctx, params)
-        except errors.RpcError as exc:
-            if exc.data is None:
-                raise JsonRpcError(exc.code, exc.message) from None
-            raise JsonRpcError(exc.code, exc.message, exc.data) from None
-        except Exception:
-            log.exception("request failed", method=ctx.method, request_id=ctx.request_id)
-            raise JsonRpcError(
-                errors.INTERNAL_ERROR,
-                "Internal error: the server hit an unexpected problem (details are in its log)",
-            ) from None
+        except Exception as exc:
+            code, message, data = errors.code_of(exc)
+            if not isinstance(exc, errors.AcpServerError):
+                log.exception("request failed", method=ctx.method, request_id=ctx.request_id)
+            elif code == errors.INTERNAL_ERROR:
+                log.warning("request failed", method=ctx.method, error=message)
+            if data is None:
+                raise JsonRpcError(code, message) from None
+            raise JsonRpcError(code, message, data) from None
         return Success({} if result is None else result)
 
     return method

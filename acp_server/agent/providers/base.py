@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from acp_server import errors
 from acp_server.sessions.model import Usage
 
 # ---- the conversation as the model sees it -------------------------------------------
@@ -141,7 +142,7 @@ class ProviderErrorKind(StrEnum):
     TIMEOUT = "timeout"
 
 
-class ProviderError(Exception):
+class ProviderError(errors.AcpServerError):
     """A failure worded for the person at the editor; never carries credentials."""
 
     def __init__(self, kind: ProviderErrorKind, message: str, *, retryable: bool = False):

@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import anyio.to_thread
 
+from acp_server import errors
+
 T = TypeVar("T")
 
 ToolKind = Literal[
@@ -89,8 +91,7 @@ class ToolOutcome:
     raw_output: Any = None
 
 
-class ToolError(Exception):
-    """A failure the model should read (bad path, refused path, missing file...)."""
+ToolError = errors.ToolError
 
 
 class Tool(Protocol):

@@ -36,6 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
+from acp_server import __version__
 from acp_server.agent.tools import reaper
 from acp_server.agent.tools.base import Tool, ToolContext, ToolError, ToolKind, ToolOutcome
 from acp_server.logs import get_logger
@@ -43,7 +44,7 @@ from acp_server.sessions.redaction import hide, redact_url, secrets_of
 
 log = get_logger(__name__)
 
-CLIENT_INFO = types.Implementation(name="acp-server", version="0.1.0")
+CLIENT_INFO = types.Implementation(name="acp-server", version=__version__)
 MAX_TOOL_NAME = 64
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _EXTRA_INHERITED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")

@@ -1,15 +1,17 @@
-"""The ACP methods: parse params into protocol types, call the session service and the
-agent loop, answer in protocol types.
+"""The ACP methods: a typed route table of thin handlers.
 
-One ``AcpAgent`` serves one connection. Sessions opened on it live in
-``self.live``; each has its own tools, MCP processes, config and turn scope, and shares
-nothing mutable with another.
+Each route names its method, the protocol type of its params and its handler; the
+params are parsed once, before the handler runs, into that type (a bad field becomes
+-32602 naming it). Handlers translate between ACP types and the session layer: the live
+sessions (``LiveSessions``: opening, tools, busy state, cancellation, closing), the
+session service (storage) and the turn loop. They hold no session state of their own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -17,26 +19,20 @@ import anyio.abc
 from pydantic import ValidationError
 
 from acp_server import __version__, errors
-from acp_server.agent.history import model_messages
 from acp_server.agent.providers.base import Provider, ProviderError
 from acp_server.agent.titles import generate_title
-from acp_server.agent.turn import (
-    LiveSession,
-    StopReason,
-    TurnConfig,
-    TurnRunner,
-    new_message_id,
-)
+from acp_server.agent.turn import LiveSession, StopReason, TurnConfig, TurnRunner, new_message_id
 from acp_server.config.settings import Settings
 from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
 from acp_server.protocol.client import EditorBridge, EditorListener, send_update
 from acp_server.protocol.replay import replay_items
-from acp_server.sessions.model import SessionRecord, StoreUnavailable
+from acp_server.sessions.live import LiveSessions
+from acp_server.sessions.model import SessionRecord
 from acp_server.sessions.service import SessionService
 from acp_server.transport.rpc import Connection, Handler, RequestContext
 
-log = get_logger("acp_server.agent")
+log = get_logger("acp_server.methods")
 M = TypeVar("M", bound=s.AcpModel)
 
 EXTENSION = "acp-server"
@@ -81,84 +77,76 @@ def iso(ms: int) -> str:
     )
 
 
-class AcpAgent:
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    params: type[s.AcpModel]
+    handler: Callable[[RequestContext, Any], Awaitable[Any]]
+    notification: bool = False
+    """Sent without an id (``session/cancel``); every other method needs one."""
+
+
+class AcpMethods:
+    """The ACP surface of one connection."""
+
     def __init__(
         self,
         settings: Settings,
         *,
         service: Callable[[], Awaitable[SessionService]],
         provider: Callable[[], Provider],
-        tools: Callable[
-            [
-                LiveSession,
-                list[dict[str, Any]],
-                anyio.abc.TaskGroup,
-                Callable[[str], Awaitable[None]],
-            ],
-            Awaitable[list[str]],
-        ],
-        close_tools: Callable[[LiveSession], Awaitable[None]],
         task_group: anyio.abc.TaskGroup,
     ):
         self.settings = settings
         self._service = service
         self._provider = provider
-        self._open_tools = tools
-        self._close_tools = close_tools
         self._tg = task_group
         self.connection: Connection | None = None
         self.client = s.ClientCapabilities()
-        self.live: dict[str, LiveSession] = {}
-        self._known: set[str] = set()
-        """Sessions this connection opened or listed: the ones it may delete."""
-        self._problems: dict[str, list[str]] = {}
+        self.sessions = LiveSessions(
+            task_group, self._notice, mcp_start_wait=settings.agent.mcp_start_wait
+        )
 
-    notifications = frozenset({"session/cancel"})
-    """The methods a client sends as notifications; every other one needs an id."""
+    def routes(self) -> list[Route]:
+        return [
+            Route("initialize", s.InitializeRequest, self.initialize),
+            Route("authenticate", s.AuthenticateRequest, self.authenticate),
+            Route("session/new", s.NewSessionRequest, self.new_session),
+            Route("session/load", s.LoadSessionRequest, self.load_session),
+            Route("session/resume", s.ResumeSessionRequest, self.resume_session),
+            Route("session/fork", s.ForkSessionRequest, self.fork_session),
+            Route("session/list", s.ListSessionsRequest, self.list_sessions),
+            Route("session/close", s.SessionIdRequest, self.close_session),
+            Route("session/delete", s.SessionIdRequest, self.delete_session),
+            Route("session/prompt", s.PromptRequest, self.prompt),
+            Route("session/cancel", s.SessionIdRequest, self.cancel, notification=True),
+            Route("session/set_mode", s.SetModeRequest, self.set_mode),
+            Route("session/set_config_option", s.SetConfigOptionRequest, self.set_config_option),
+            Route(RENAME_METHOD, s.RenameSessionRequest, self.rename),
+        ]
+
+    @property
+    def notifications(self) -> frozenset[str]:
+        return frozenset(route.method for route in self.routes() if route.notification)
 
     def handlers(self) -> dict[str, Handler]:
-        return {
-            name: self._initialized(name, _storage_errors(handler))
-            for name, handler in self._routes().items()
-        }
+        """The transport's view: each method's params parsed once, after initialize."""
+        return {route.method: self._handler(route) for route in self.routes()}
 
-    def _initialized(self, name: str, handler: Handler) -> Handler:
-        """Refuse every method but ``initialize`` until the client has sent it."""
-        if name == "initialize":
-            return handler
-
-        async def guarded(ctx: RequestContext, params: dict[str, Any]) -> Any:
-            if self.connection is None:
+    def _handler(self, route: Route) -> Handler:
+        async def handle(ctx: RequestContext, params: dict[str, Any]) -> Any:
+            if self.connection is None and route.method != "initialize":
                 raise errors.InvalidRequest(
-                    f"Invalid request: {name} was sent before initialize; send initialize "
-                    "first to agree on the protocol version and capabilities"
+                    f"Invalid request: {route.method} was sent before initialize; send "
+                    "initialize first to agree on the protocol version and capabilities"
                 )
-            return await handler(ctx, params)
+            return await route.handler(ctx, parse(route.params, params))
 
-        return guarded
-
-    def _routes(self) -> dict[str, Handler]:
-        return {
-            "initialize": self.initialize,
-            "authenticate": self.authenticate,
-            "session/new": self.new_session,
-            "session/load": self.load_session,
-            "session/resume": self.resume_session,
-            "session/list": self.list_sessions,
-            "session/close": self.close_session,
-            "session/delete": self.delete_session,
-            "session/fork": self.fork_session,
-            "session/prompt": self.prompt,
-            "session/cancel": self.cancel,
-            "session/set_mode": self.set_mode,
-            "session/set_config_option": self.set_config_option,
-            RENAME_METHOD: self.rename,
-        }
+        return handle
 
     # ---- connection -----------------------------------------------------------------------
 
-    async def initialize(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.InitializeRequest, params)
+    async def initialize(self, ctx: RequestContext, request: s.InitializeRequest) -> Any:
         self.client = request.client_capabilities
         self.connection = ctx.connection
         provider = self.settings.provider.name
@@ -189,8 +177,7 @@ class AcpAgent:
             agent_info=s.Implementation(name="acp-server", title="ACP Server", version=__version__),
         ).wire()
 
-    async def authenticate(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.AuthenticateRequest, params)
+    async def authenticate(self, ctx: RequestContext, request: s.AuthenticateRequest) -> Any:
         raise errors.InvalidParams(
             f"unknown auth method {request.method_id!r}: acp-server needs no authentication "
             "(it advertises no auth methods)",
@@ -227,81 +214,40 @@ class AcpAgent:
         ]
         return s.SessionModeState(current_mode_id=mode, available_modes=MODES), options
 
+    def _bridge(self, session_id: str) -> EditorBridge | None:
+        """The editor's fs and terminals for a session, when it offered any."""
+        fs = self.client.fs
+        if self.connection is None or not (
+            fs.read_text_file or fs.write_text_file or self.client.terminal
+        ):
+            return None
+        return EditorBridge(self.connection, session_id, self.client)
+
+    async def _open(
+        self,
+        record: SessionRecord,
+        servers: list[dict[str, Any]],
+        problems: list[str] | None = None,
+    ) -> LiveSession:
+        return await self.sessions.open(
+            record, servers, client=self._bridge(record.id), problems=problems
+        )
+
     async def _reopen(self, record: SessionRecord, given: list[s.McpServer] | None) -> LiveSession:
         """Open a stored session with the MCP servers the client sent, or, when it sent
         none (resume and fork may omit them), the ones the session had."""
         service = await self._service()
         if given is not None:
-            servers = self._servers(given)
+            servers = _servers(given)
             await service.remember_mcp_servers(record, servers)
             return await self._open(record, servers)
         servers, problems = service.restorable_mcp_servers(record)
-        live = await self._open(record, servers)
-        self._problems[record.id] = [*problems, *self._problems.get(record.id, [])]
-        return live
+        return await self._open(record, servers, problems)
 
-    async def _open(self, record: SessionRecord, mcp_servers: list[dict[str, Any]]) -> LiveSession:
-        """Make a stored session live here: its tools, its MCP processes, its bridge."""
-        old = self.live.pop(record.id, None)
-        if old is not None:
-            await self._shut(old)
-        live = LiveSession(record=record)
-        if self.connection is not None and (
-            self.client.fs.read_text_file or self.client.fs.write_text_file or self.client.terminal
-        ):
-            live.client = EditorBridge(self.connection, record.id, self.client)
-        self._problems.pop(record.id, None)
-
-        async def notice(problem: str) -> None:
-            if not live.closed:
-                self._problems.setdefault(record.id, []).append(problem)
-                await self._tell(live)
-
-        problems = await self._open_tools(live, mcp_servers, self._tg, notice)
-        self._problems[record.id] = [*problems, *self._problems.get(record.id, [])]
-        self.live[record.id] = live
-        self._known.add(record.id)
-        return live
-
-    def _open_here(self, session_id: str) -> LiveSession:
-        """The session, if this connection opened it: a session is prompted, configured,
-        renamed or forked only after session/new, load, resume or fork here."""
-        live = self.live.get(session_id)
-        if live is None:
-            raise errors.ResourceNotFound(
-                f"session {session_id!r} is not open on this connection; open it first "
-                "with session/load or session/resume (or start one with session/new)",
-                data={"sessionId": session_id},
-            )
-        return live
-
-    async def _tell(self, live: LiveSession) -> None:
-        """Say the session's pending problems now, unless a turn will (it is busy) or
-        the client does not know the session yet."""
-        if live.busy or not live.announced or live.closed or self.connection is None:
-            return
-        listener = EditorListener(self.connection, live.id)
-        for problem in self._problems.pop(live.id, []):
+    async def _notice(self, session_id: str, problem: str) -> None:
+        if self.connection is not None:
+            listener = EditorListener(self.connection, session_id)
             await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
-
-    async def _await_tools(self, live: LiveSession) -> list[str] | None:
-        """Give MCP servers still starting a bounded time; a sentence for each that the
-        turn goes on without. None when the prompt was cancelled meanwhile."""
-        if live.extensions is None:
-            return []
-        with anyio.CancelScope() as scope:
-            live.turn_scope = scope
-            try:
-                return await live.extensions.settle(self.settings.agent.mcp_start_wait)
-            finally:
-                live.turn_scope = None
-        return None
-
-    async def _shut(self, live: LiveSession) -> None:
-        live.closed = True
-        live.cancel()
-        with anyio.CancelScope(shield=True):
-            await self._close_tools(live)
 
     def _setup_response(self, record: SessionRecord, with_id: bool) -> dict[str, Any]:
         modes, options = self._state(record)
@@ -316,21 +262,13 @@ class AcpAgent:
             await send_update(
                 ctx.connection, session_id, s.AvailableCommandsUpdate(available_commands=COMMANDS)
             )
-            live = self.live.get(session_id)
-            if live is not None:
-                live.announced = True
-                await self._tell(live)
+            await self.sessions.announced(session_id)
 
         ctx.then(commands)
 
-    @staticmethod
-    def _servers(servers: list[s.McpServer] | None) -> list[dict[str, Any]]:
-        return [server.wire() for server in servers or []]
-
-    async def new_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.NewSessionRequest, params)
+    async def new_session(self, ctx: RequestContext, request: s.NewSessionRequest) -> Any:
         service = await self._service()
-        servers = self._servers(request.mcp_servers)
+        servers = _servers(request.mcp_servers)
         record = await service.create(
             cwd=request.cwd,
             additional_directories=request.additional_directories or [],
@@ -344,8 +282,7 @@ class AcpAgent:
         log.info("session created", session_id=record.id)
         return self._setup_response(record, with_id=True)
 
-    async def load_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.LoadSessionRequest, params)
+    async def load_session(self, ctx: RequestContext, request: s.LoadSessionRequest) -> Any:
         service = await self._service()
         record = await service.reopen(
             request.session_id,
@@ -364,8 +301,7 @@ class AcpAgent:
         self._announce(ctx, record.id)
         return self._setup_response(record, with_id=False)
 
-    async def resume_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.ResumeSessionRequest, params)
+    async def resume_session(self, ctx: RequestContext, request: s.ResumeSessionRequest) -> Any:
         service = await self._service()
         record = await service.reopen(
             request.session_id,
@@ -376,9 +312,8 @@ class AcpAgent:
         self._announce(ctx, record.id)
         return self._setup_response(record, with_id=False)
 
-    async def fork_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.ForkSessionRequest, params)
-        self._open_here(request.session_id)
+    async def fork_session(self, ctx: RequestContext, request: s.ForkSessionRequest) -> Any:
+        self.sessions.get(request.session_id)
         service = await self._service()
         record = await service.fork(
             request.session_id,
@@ -389,11 +324,10 @@ class AcpAgent:
         self._announce(ctx, record.id)
         return self._setup_response(record, with_id=True)
 
-    async def list_sessions(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.ListSessionsRequest, params)
+    async def list_sessions(self, ctx: RequestContext, request: s.ListSessionsRequest) -> Any:
         service = await self._service()
         records, cursor = await service.list_page(cwd=request.cwd, cursor=request.cursor)
-        self._known.update(r.id for r in records)
+        self.sessions.remember([r.id for r in records])
         return s.ListSessionsResponse(
             sessions=[
                 s.SessionInfo(
@@ -408,25 +342,13 @@ class AcpAgent:
             next_cursor=cursor,
         ).wire()
 
-    async def close_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.SessionIdRequest, params)
-        live = self._open_here(request.session_id)
-        del self.live[request.session_id]
-        await self._shut(live)
+    async def close_session(self, ctx: RequestContext, request: s.SessionIdRequest) -> Any:
+        await self.sessions.close(request.session_id)
         return {}
 
-    async def delete_session(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.SessionIdRequest, params)
-        if request.session_id not in self._known:
-            raise errors.ResourceNotFound(
-                f"session {request.session_id!r} is not known on this connection; list it "
-                "with session/list or open it before deleting it (or use "
-                "`acp-server sessions delete`)",
-                data={"sessionId": request.session_id},
-            )
-        live = self.live.pop(request.session_id, None)
-        if live is not None:
-            await self._shut(live)
+    async def delete_session(self, ctx: RequestContext, request: s.SessionIdRequest) -> Any:
+        self.sessions.check_known(request.session_id)
+        await self.sessions.discard(request.session_id)
         service = await self._service()
         await service.delete(request.session_id)
         return {}
@@ -448,24 +370,12 @@ class AcpAgent:
                     data={"field": f"prompt.{index}"},
                 )
 
-    async def prompt(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.PromptRequest, params)
+    async def prompt(self, ctx: RequestContext, request: s.PromptRequest) -> Any:
         self._check_prompt(request)
-        live = self._open_here(request.session_id)
-        if live.busy:
-            raise errors.InvalidRequest(
-                f"session {live.id!r} is already answering a prompt; "
-                "wait for it to finish or send session/cancel",
-                data={"sessionId": live.id},
-            )
-        live.busy = True
-        live.cancel_requested = False
-        ctx.on_cancel = live.cancel
-        try:
+        live = self.sessions.get(request.session_id)
+        async with self.sessions.turn(live):
+            ctx.on_cancel = live.cancel
             stop = await self._turn(ctx, live, request)
-        finally:
-            live.busy = False
-        await self._tell(live)  # an MCP server that failed while the turn ran
         return s.PromptResponse(stop_reason=stop).wire()
 
     async def _turn(
@@ -477,18 +387,13 @@ class AcpAgent:
         command = _command(blocks)
         if command is not None:
             return await self._command(ctx, live, *command)
-        live.announced = True
-        late = await self._await_tools(live)
-        if late is None:
-            return "cancelled"
-        for problem in [*self._problems.pop(live.id, []), *late]:
-            await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
         provider = self._provider()
-        if live.history is None:
-            live.synced_seq = await service.latest_seq(live.id)
-            live.history = model_messages(
-                await service.items(live.id, for_model=True), images=provider.supports_images
-            )
+        problems = await self.sessions.prepare(live, service, images=provider.supports_images)
+        if problems is None:
+            return "cancelled"
+        for problem in problems:
+            await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
+        assert live.history is not None
         settings = self.settings
         runner = TurnRunner(
             live,
@@ -500,8 +405,7 @@ class AcpAgent:
                 max_tokens=settings.provider.max_tokens,
                 command_timeout=settings.agent.command_timeout,
                 system_prompt=settings.agent.system_prompt,
-                input_price_per_mtok=settings.provider.input_price_per_mtok,
-                output_price_per_mtok=settings.provider.output_price_per_mtok,
+                prices=settings.provider,
             ),
         )
         first = not live.record.title and not any(
@@ -533,7 +437,7 @@ class AcpAgent:
                 if not title or live.record.title_set_by_user or live.closed:
                     return
                 service = await self._service()
-                await service.store.update(live.id).title(title).apply()
+                await service.rename(live.id, title, by_user=False)
                 live.record.title = title
                 await send_update(connection, live.id, s.SessionInfoUpdate(title=title))
         except Exception:
@@ -562,47 +466,32 @@ class AcpAgent:
             if not argument:
                 await listener.message_chunk(message_id, "Usage: /title <new title>")
                 return "end_turn"
-            await self._set_title(ctx.connection, live.id, argument)
+            await self._set_title(ctx.connection, live, argument)
             await listener.message_chunk(message_id, f"Session renamed to “{argument[:200]}”.")
         return "end_turn"
 
-    async def _set_title(self, connection: Connection, session_id: str, title: str) -> None:
+    async def _set_title(self, connection: Connection, live: LiveSession, title: str) -> None:
         title = " ".join(title.split())[:200]
         if not title:
             raise errors.InvalidParams(
                 "Invalid params: title must not be empty", data={"field": "title"}
             )
-        live = self._open_here(session_id)
         service = await self._service()
-        if not await service.store.update(session_id).title(title, by_user=True).apply():
-            raise errors.SessionNotFound(session_id)
+        await service.rename(live.id, title, by_user=True)
         live.record.title = title
         live.record.title_set_by_user = True
-        await send_update(connection, session_id, s.SessionInfoUpdate(title=title))
+        await send_update(connection, live.id, s.SessionInfoUpdate(title=title))
 
-    async def rename(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        session_id, title = params.get("sessionId"), params.get("title")
-        if not isinstance(session_id, str):
-            raise errors.InvalidParams(
-                "Invalid params: sessionId is required", data={"field": "sessionId"}
-            )
-        if not isinstance(title, str):
-            raise errors.InvalidParams(
-                "Invalid params: title must be a string", data={"field": "title"}
-            )
-        await self._set_title(ctx.connection, session_id, title)
+    async def rename(self, ctx: RequestContext, request: s.RenameSessionRequest) -> Any:
+        await self._set_title(ctx.connection, self.sessions.get(request.session_id), request.title)
         return {}
 
-    async def cancel(self, ctx: RequestContext, params: dict[str, Any]) -> None:
-        request = parse(s.SessionIdRequest, params)
-        live = self.live.get(request.session_id)
-        if live is not None:
-            live.cancel()
+    async def cancel(self, ctx: RequestContext, request: s.SessionIdRequest) -> None:
+        self.sessions.cancel(request.session_id)
 
     # ---- configuration -------------------------------------------------------------------
 
-    async def set_mode(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        request = parse(s.SetModeRequest, params)
+    async def set_mode(self, ctx: RequestContext, request: s.SetModeRequest) -> Any:
         record = await self._configure(request.session_id, "mode", request.mode_id, "modeId")
         # Clients that show the mode as a config option see it change there too.
         options = self._state(record)[1]
@@ -614,9 +503,8 @@ class AcpAgent:
         return {}
 
     async def set_config_option(
-        self, ctx: RequestContext, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        request = parse(s.SetConfigOptionRequest, params)
+        self, ctx: RequestContext, request: s.SetConfigOptionRequest
+    ) -> Any:
         if not isinstance(request.value, str):
             raise errors.InvalidParams(
                 f"Invalid params: {request.config_id} takes one of its option values, "
@@ -636,8 +524,7 @@ class AcpAgent:
         self, session_id: str, config_id: str, value: str, field: str
     ) -> SessionRecord:
         """Set the mode or the model; ``field`` is the request's name for ``value``."""
-        record = self._open_here(session_id).record
-        service = await self._service()
+        record = self.sessions.get(session_id).record
         _, options = self._state(record)
         option = next((o for o in options if o.id == config_id), None)
         if option is None:
@@ -653,44 +540,31 @@ class AcpAgent:
                 f"choose one of {', '.join(allowed)}",
                 data={"field": field},
             )
-        update = service.store.update(session_id)
+        service = await self._service()
         if config_id == "mode":
-            update.mode(value)
+            await service.configure(session_id, mode=value)
             record.mode = value
         else:
-            update.model(value)
+            await service.configure(session_id, model=value)
             record.model = value
-        await update.apply()
         return record
 
-    async def cancel_turns(self) -> None:
-        """The client is gone: stop every running turn (each stores what it has)."""
-        for live in self.live.values():
-            live.cancel()
+    async def client_gone(self) -> None:
+        """stdin closed: stop every running turn (each stores what it has)."""
+        self.sessions.cancel_all()
 
     async def shutdown(self) -> None:
-        for live in list(self.live.values()):
-            await self._shut(live)
-        self.live.clear()
+        await self.sessions.shutdown()
 
 
-def _storage_errors(handler: Handler) -> Handler:
-    """A database that went away is a plain -32603 for this request, not a crash."""
-
-    async def guarded(ctx: RequestContext, params: dict[str, Any]) -> Any:
-        try:
-            return await handler(ctx, params)
-        except StoreUnavailable as exc:
-            log.warning("session database unavailable", method=ctx.method, error=str(exc))
-            raise errors.InternalError(str(exc)) from None
-
-    return guarded
+def _servers(servers: list[s.McpServer] | None) -> list[dict[str, Any]]:
+    return [server.wire() for server in servers or []]
 
 
 _RETRYABLE = {"rate_limit", "server", "timeout", "unreachable"}
 
 
-def _failed_turn(failure: ProviderError) -> errors.RpcError:
+def _failed_turn(failure: ProviderError) -> errors.AcpServerError:
     """A turn the model call failed: an error answer (what streamed is kept), saying
     what kind of failure it was and whether sending the prompt again may help."""
     return errors.InternalError(
