@@ -483,3 +483,42 @@ async def test_a_crash_loop_loses_nothing_committed_and_doubles_nothing(home, wo
         ]
     assert "running" not in statuses, statuses
     assert "pending" not in tool_states and "in_progress" not in tool_states, tool_states
+
+
+async def test_a_session_deleted_by_another_process_in_mid_turn_is_32002(home, workspace, tmp_path):
+    provider = script(
+        tmp_path,
+        "turns:\n  - steps:\n"
+        "      - tool_call: {name: write_file, arguments: {path: a.txt, content: x}}\n"
+        "      - message: written\n",
+    )
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["--database-url", db, "--provider", provider]
+    asked, deleted = anyio.Event(), anyio.Event()
+
+    async def allow_once_deleted(message: dict[str, Any]) -> Any:
+        asked.set()
+        await deleted.wait()
+        return {"outcome": {"outcome": "selected", "optionId": "allow_once"}}
+
+    async with raw_server(args, server_env(home), responder=allow_once_deleted) as first:
+        sid = await open_session(first, workspace)
+        await first.send(
+            {
+                "jsonrpc": "2.0",
+                "id": "turn",
+                "method": "session/prompt",
+                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
+            }
+        )
+        with anyio.fail_after(30):
+            await asked.wait()
+        async with raw_server(args, server_env(home)) as second:
+            await second.request("initialize", INIT)
+            await second.request("session/list", {})
+            assert "result" in await second.request("session/delete", {"sessionId": sid})
+        deleted.set()
+        reply = await first.response("turn")
+        assert reply["error"]["code"] == -32002, reply
+        assert "may have been deleted" in reply["error"]["message"]
+        assert "result" in await first.request("session/list", {})
