@@ -41,23 +41,23 @@ class _Backend:
     async def open(self, task_group: anyio.abc.TaskGroup) -> None:
         on_failure = task_group.cancel_scope
         config = self.settings.session_service
+        url = None if config.type == "memory" else (config.database_url or default_database_url())
+        # A database server is opened shielded: MySQL's DDL is not transactional, so an
+        # exit must not stop a migration halfway. SQLite's is, and its lock dies with
+        # the process, so an editor closing us right away does not wait for the open.
+        embedded = url is None or url.startswith("sqlite")
         try:
-            await anyio.to_thread.run_sync(importlib.import_module, "acp_server.storage.store")
+            await anyio.to_thread.run_sync(
+                importlib.import_module, "acp_server.storage.store", abandon_on_cancel=embedded
+            )
             from acp_server.storage.engine import DatabaseConfigError
             from acp_server.storage.migrate import MigrationError
             from acp_server.storage.store import SessionStore
 
-            # Shielded so a quick exit never abandons a half-open connection (its
-            # driver thread would outlive the event loop); bounded so it cannot hang.
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=not embedded):
                 try:
                     with anyio.fail_after(OPEN_TIMEOUT):
-                        store = await SessionStore.open(
-                            None
-                            if config.type == "memory"
-                            else (config.database_url or default_database_url()),
-                            memory=config.type == "memory",
-                        )
+                        store = await SessionStore.open(url, memory=url is None)
                 except (DatabaseConfigError, MigrationError) as exc:
                     self.failure = str(exc)
                 except TimeoutError:
@@ -109,12 +109,16 @@ class _Providers:
                 await self.provider.aclose()
 
 
-async def _watch_signals(scope: anyio.CancelScope) -> None:
+async def _watch_signals(connection: Connection, scope: anyio.CancelScope) -> None:
+    """The first SIGTERM or SIGINT ends the server as stdin EOF does (running turns
+    stored as interrupted, answers flushed); a second one stops it at once."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("stopping", signal=signal.Signals(signum).name)
-            scope.cancel()
-            return
+            if connection.stopping:
+                scope.cancel()
+                return
+            connection.stop_reading()
 
 
 async def serve(
@@ -141,14 +145,14 @@ async def serve(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(backend.open, tg)
-            if handle_signals:
-                tg.start_soon(_watch_signals, tg.cancel_scope)
             methods = AcpMethods(
                 settings, service=backend.get, provider=providers.get, task_group=tg
             )
             connection = Connection(
                 channel, methods.handlers(), notifications=methods.notifications
             )
+            if handle_signals:
+                tg.start_soon(_watch_signals, connection, tg.cancel_scope)
             await connection.serve(on_eof=methods.client_gone)
             tg.cancel_scope.cancel()
     finally:

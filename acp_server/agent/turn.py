@@ -122,6 +122,8 @@ class LiveSession:
     turn_scope: anyio.CancelScope | None = None
     busy: bool = False
     cancel_requested: bool = False
+    interrupted: bool = False
+    """The server is stopping: a turn cancelled now is stored as interrupted."""
     closed: bool = False
     announced: bool = False
     """The client knows the session (its setup answer is out), so updates may go out."""
@@ -242,6 +244,8 @@ class TurnRunner:
             raise
         finally:
             live.turn_scope = None
+            if status == TurnStatus.CANCELLED and live.interrupted:
+                status = TurnStatus.INTERRUPTED
             if not broken:
                 # Also when a scope outside the turn was cancelled (the request itself,
                 # shutdown): the turn's end is stored whichever way it was stopped.

@@ -147,9 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from acp_server.server import serve
 
         try:
-            return anyio.run(serve, settings)
+            code = anyio.run(serve, settings)
         except KeyboardInterrupt:
-            return 130
+            code = 130
+        # Everything is stored, closed and flushed by now; tearing down the interpreter
+        # (pydantic, SQLAlchemy) would cost another 0.2-0.5 s, and editors that send
+        # SIGTERM soon after closing stdin would kill us mid-teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     from acp_server.cli import manage
 

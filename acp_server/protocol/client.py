@@ -15,7 +15,7 @@ from acp_server.agent.tools.base import ExitStatus, ToolError
 from acp_server.agent.turn import Decision
 from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
-from acp_server.transport.rpc import Connection, PeerError
+from acp_server.transport.rpc import Connection, ConnectionClosed, PeerError
 
 log = get_logger("acp_server.client")
 
@@ -99,6 +99,8 @@ class EditorListener:
         try:
             answer = await self.connection.request("session/request_permission", request.wire())
             outcome = s.RequestPermissionResponse.model_validate(answer).outcome
+        except ConnectionClosed:
+            return "cancelled"  # the editor is gone: the turn ends, stored
         except PeerError as exc:
             log.warning("permission request failed in the editor", error=exc.message)
             return "unanswered"

@@ -550,8 +550,9 @@ class AcpMethods:
         return record
 
     async def client_gone(self) -> None:
-        """stdin closed: stop every running turn (each stores what it has)."""
-        self.sessions.cancel_all()
+        """stdin closed or the server is told to stop: every running turn stops and is
+        stored as interrupted, with what it had said."""
+        self.sessions.interrupt_all()
 
     async def shutdown(self) -> None:
         await self.sessions.shutdown()

@@ -147,9 +147,11 @@ class LiveSessions:
         if live is not None:
             live.cancel()
 
-    def cancel_all(self) -> None:
-        """The client is gone: stop every running turn (each stores what it has)."""
+    def interrupt_all(self) -> None:
+        """The client is gone or the server stops: every running turn stops, and is
+        stored as interrupted (not as cancelled by the person)."""
         for live in self._live.values():
+            live.interrupted = True
             live.cancel()
 
     async def shutdown(self) -> None:

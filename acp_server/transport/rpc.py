@@ -201,6 +201,7 @@ class Connection:
         self._closed = False
         self._drained = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._reading = anyio.CancelScope()
 
     # ---- sending --------------------------------------------------------------------
 
@@ -281,23 +282,8 @@ class Connection:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._channel.run_writer)
-            async for line in self._channel.lines():
-                if isinstance(line, Oversized):
-                    log.warning("oversized message dropped", size=line.size)
-                    await self._channel.write(
-                        _error(
-                            None,
-                            errors.INVALID_REQUEST,
-                            f"Invalid request: message of {line.size} bytes exceeds the "
-                            f"limit of {self._channel.max_line_bytes} bytes",
-                        )
-                    )
-                    continue
-                try:
-                    await self._receive(line)
-                except Exception:
-                    # Last line of defence: one message must never end the read loop.
-                    log.exception("message could not be handled", size=len(line))
+            with self._reading:
+                await self._read_all()
             self._closed = True
             for waiter in self._waiters.values():
                 waiter.event.set()
@@ -307,6 +293,33 @@ class Connection:
                 with anyio.move_on_after(drain_seconds):
                     await self._drained.wait()
             tg.cancel_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._closed or self._reading.cancel_called
+
+    def stop_reading(self) -> None:
+        """Behave as if stdin had closed (SIGTERM): the same orderly end as EOF."""
+        self._reading.cancel()
+
+    async def _read_all(self) -> None:
+        async for line in self._channel.lines():
+            if isinstance(line, Oversized):
+                log.warning("oversized message dropped", size=line.size)
+                await self._channel.write(
+                    _error(
+                        None,
+                        errors.INVALID_REQUEST,
+                        f"Invalid request: message of {line.size} bytes exceeds the "
+                        f"limit of {self._channel.max_line_bytes} bytes",
+                    )
+                )
+                continue
+            try:
+                await self._receive(line)
+            except Exception:
+                # Last line of defence: one message must never end the read loop.
+                log.exception("message could not be handled", size=len(line))
 
     async def _receive(self, line: bytes) -> None:
         if not line.strip():
