@@ -154,3 +154,47 @@ async def test_an_unreadable_permission_answer_is_not_called_a_rejection(
         assert "rejected" not in text
     assert not (workspace / "a.txt").exists()
     assert "permission answer" in server.stderr
+
+
+async def test_a_permission_request_shows_the_diff_or_the_command_line(home, workspace, tmp_path):
+    (workspace / "notes.txt").write_text("alpha\nbeta\n")
+    script = tmp_path / "s.yaml"
+    script.write_text(
+        "turns:\n  - steps:\n"
+        "      - tool_call: {name: edit_file, arguments: {path: notes.txt, old_text: beta,"
+        " new_text: gamma}}\n"
+        "      - tool_call: {name: write_file, arguments: {path: new.txt, content: fresh}}\n"
+        "      - tool_call: {name: run_command, arguments: {command: 'echo hi'}}\n"
+        "      - tool_call: {name: edit_file, arguments: {path: notes.txt, old_text: nowhere,"
+        " new_text: x}}\n"
+        "      - message: done\n"
+    )
+    asked: list[dict] = []
+
+    async def allow(message):
+        asked.append(message["params"]["toolCall"])
+        return {"outcome": {"outcome": "selected", "optionId": "allow_once"}}
+
+    args = ["--memory", "--provider", f"script:{script}"]
+    async with raw_server(args, server_env(home), responder=allow) as server:
+        sid = await open_session(server, workspace)
+        reply = await server.request(
+            "session/prompt", {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]}
+        )
+        assert reply["result"]["stopReason"] == "end_turn"
+    edit, write, command = asked  # the impossible edit is refused without asking
+    assert edit["content"] == [
+        {
+            "type": "diff",
+            "path": str(workspace / "notes.txt"),
+            "oldText": "alpha\nbeta\n",
+            "newText": "alpha\ngamma\n",
+        }
+    ]
+    assert write["content"][0]["type"] == "diff"
+    assert write["content"][0]["newText"] == "fresh"
+    assert write["content"][0].get("oldText") is None
+    assert command["content"] == [
+        {"type": "content", "content": {"type": "text", "text": "$ echo hi"}}
+    ]
+    assert (workspace / "notes.txt").read_text() == "alpha\ngamma\n"

@@ -39,7 +39,14 @@ from acp_server.agent.providers.base import (
     UserMessage,
 )
 from acp_server.agent.providers.usage import estimated_usage, priced
-from acp_server.agent.tools.base import ClientBridge, Tool, ToolContext, ToolError, ToolOutcome
+from acp_server.agent.tools.base import (
+    ClientBridge,
+    Previews,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolOutcome,
+)
 from acp_server.config.settings import ProviderSettings
 from acp_server.logs import get_logger
 from acp_server.sessions.model import (
@@ -493,7 +500,14 @@ class TurnRunner:
                 )
             rule = self.live.record.permission_rules.get(call.name)
             if mode == "ask" and rule is None:
-                decision = await self.listener.request_permission(dict(data))
+                asked = dict(data)
+                if isinstance(tool, Previews):
+                    try:
+                        # The diff or command line, so the person sees what they approve.
+                        asked["content"] = await tool.preview(call.arguments, ctx)
+                    except ToolError as exc:
+                        return ToolOutcome(str(exc), is_error=True)
+                decision = await self.listener.request_permission(asked)
                 if decision == "cancelled":
                     assert self.live.turn_scope is not None
                     self.live.turn_scope.cancel()

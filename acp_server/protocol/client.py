@@ -78,7 +78,8 @@ class EditorListener:
             {
                 k: v
                 for k, v in data.items()
-                if k in ("toolCallId", "title", "kind", "status", "rawInput", "locations")
+                if k
+                in ("toolCallId", "title", "kind", "status", "content", "rawInput", "locations")
             }
         )
         tool_call.session_update = None

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio.to_thread
 
@@ -92,6 +92,17 @@ class ToolOutcome:
 
 
 ToolError = errors.ToolError
+
+
+@runtime_checkable
+class Previews(Protocol):
+    """A tool that can show what it will do before it runs, so a person approving
+    it sees the change (a diff) or the command line first."""
+
+    async def preview(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
+        """ACP ToolCallContent for the permission request; ``ToolError`` when the
+        call cannot succeed anyway."""
+        ...
 
 
 class Tool(Protocol):

@@ -324,6 +324,12 @@ class WriteFile(_PathTool[WriteArgs]):
 
     verb = "Write"
 
+    async def preview(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
+        args = self.parse(arguments)
+        path = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
+        old = await _read_current(args.path, path, display_path(path, ctx.cwd), ctx)
+        return [_diff(path, old, args.content)]
+
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
         path = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
@@ -360,8 +366,19 @@ class EditFile(_PathTool[EditArgs]):
 
     verb = "Edit"
 
+    async def preview(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
+        path, _, old, new, _ = await self._change(self.parse(arguments), ctx)
+        return [_diff(path, old, new)]
+
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
+        path, shown, old, new, count = await self._change(args, ctx)
+        await _write(args.path, path, shown, new, ctx)
+        what = "1 occurrence" if count == 1 else f"{count} occurrences"
+        return ToolOutcome(f"Edited {shown}: replaced {what}.", content=[_diff(path, old, new)])
+
+    async def _change(self, args: EditArgs, ctx: ToolContext) -> tuple[Path, str, str, str, int]:
+        """(path, shown path, old text, new text, occurrences) of the edit."""
         path = resolve_in_roots(args.path, ctx.cwd, ctx.roots)
         shown = display_path(path, ctx.cwd)
         if args.old_text == args.new_text:
@@ -385,10 +402,7 @@ class EditFile(_PathTool[EditArgs]):
                 f"old_text occurs {count} times in {shown}; include more surrounding lines "
                 "to make it unique, or set replace_all to replace every occurrence."
             )
-        new = old.replace(old_text, new_text)
-        await _write(args.path, path, shown, new, ctx)
-        what = "1 occurrence" if count == 1 else f"{count} occurrences"
-        return ToolOutcome(f"Edited {shown}: replaced {what}.", content=[_diff(path, old, new)])
+        return path, shown, old, old.replace(old_text, new_text), count
 
 
 class ListArgs(_PathArgs):

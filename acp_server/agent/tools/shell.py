@@ -66,6 +66,10 @@ class RunCommand(BuiltinTool[RunArgs]):
         first = args.command.strip().splitlines()[0] if args.command.strip() else ""
         return f"Run {first[:120]}"
 
+    async def preview(self, arguments: dict[str, Any], ctx: ToolContext) -> list[dict[str, Any]]:
+        command = self.parse(arguments).command
+        return [{"type": "content", "content": {"type": "text", "text": f"$ {command}"}}]
+
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         args = self.parse(arguments)
         if "\0" in args.command:
