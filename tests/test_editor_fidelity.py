@@ -198,3 +198,39 @@ async def test_a_permission_request_shows_the_diff_or_the_command_line(home, wor
         {"type": "content", "content": {"type": "text", "text": "$ echo hi"}}
     ]
     assert (workspace / "notes.txt").read_text() == "alpha\ngamma\n"
+
+
+async def test_a_refused_prompt_is_kept_for_the_person_and_left_out_for_the_model(
+    home, workspace, tmp_path
+):
+    config = tmp_path / "c.yaml"
+    config.write_text("agent:\n  generate_titles: false\n")
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    with FakeLLM() as llm:
+        llm.queue(
+            Reply(text_chunks=["I can't help with that."], finish="content_filter"),
+            Reply(text_chunks=["Sure."]),
+            Reply(text_chunks=["Still sure."]),
+        )
+        env = server_env(home, {"OPENAI_BASE_URL": llm.base_url_openai, "OPENAI_API_KEY": "k"})
+        args = ["--database-url", db, "--provider", "openai", "--config", str(config)]
+
+        def prompt(sid: str, text: str) -> dict:
+            return {"sessionId": sid, "prompt": [{"type": "text", "text": text}]}
+
+        async with raw_server(args, env) as server:
+            sid = await open_session(server, workspace)
+            refused = await server.request("session/prompt", prompt(sid, "forbidden ask"))
+            assert refused["result"]["stopReason"] == "refusal"
+            assert "result" in await server.request("session/prompt", prompt(sid, "fine ask"))
+        async with raw_server(args, env) as server:
+            await server.request("initialize", INIT)
+            load = {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
+            assert "result" in await server.request("session/load", load)
+            shown = json.dumps(server.updates(sid))
+            assert "forbidden ask" in shown and "I can't help with that." in shown
+            assert "result" in await server.request("session/prompt", prompt(sid, "third ask"))
+        for request in llm.requests[1:]:
+            sent = json.dumps(request["messages"])
+            assert "forbidden ask" not in sent and "I can't help" not in sent
+        assert "fine ask" in json.dumps(llm.requests[2]["messages"])

@@ -103,6 +103,7 @@ class TurnLog(Protocol):
     async def latest_seq(self, session_id: str) -> int: ...
     async def items(self, session_id: str, *, for_model: bool = False) -> list[Item]: ...
     async def remember_permission_rules(self, session_id: str, rules: dict[str, str]) -> None: ...
+    async def exclude_turn(self, session_id: str, turn_id: str) -> None: ...
 
 
 class Extensions(Protocol):
@@ -264,6 +265,12 @@ class TurnRunner:
         live = self.live
         await self._finish_segment(last=True)
         self._close_assistant()
+        if stop == "refusal":
+            # ACP: a refused prompt is not part of the next one. Stored and shown, but
+            # out of the model's context, here and after a reload.
+            await self.service.exclude_turn(live.id, self.turn.id)
+            if self._last is not None:
+                self._last.agent_visible = False
         self.turn.status = status
         self.turn.stop_reason = stop
         self.turn.finished_at = now_ms()
@@ -274,7 +281,8 @@ class TurnRunner:
         live.record.output_tokens += self.turn.usage.output_tokens
         live.record.cost += self.turn.usage.cost
         live.record.context_tokens = self.context_tokens or live.record.context_tokens
-        live.history = self._messages
+        # After a refusal the model's view is rebuilt from the store, which leaves it out.
+        live.history = None if stop == "refusal" else self._messages
 
     # ---- the loop ---------------------------------------------------------------------
 

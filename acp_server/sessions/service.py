@@ -237,6 +237,11 @@ class SessionService:
             return await self.store.load_items(session_id, agent_visible=True)
         return await self.store.load_items(session_id, user_visible=True)
 
+    async def exclude_turn(self, session_id: str, turn_id: str) -> None:
+        """Keep a turn out of the model's context from now on (a refused prompt is not
+        part of the next one); the person still sees it."""
+        await self.store.hide_turn_from_agent(session_id, turn_id)
+
     async def latest_seq(self, session_id: str) -> int:
         return await self.store.latest_seq(session_id)
 

@@ -392,6 +392,16 @@ class SessionStore:
         )
         return await self._write(_run(stmt))
 
+    async def hide_turn_from_agent(self, session_id: str, turn_id: str) -> int:
+        """A refused turn: its prompt and reply stay in the transcript and leave the
+        model's context. Returns how many items changed."""
+        stmt = (
+            update(I)
+            .where(I.c.session_id == session_id, I.c.turn_id == turn_id, I.c.agent_visible)
+            .values(agent_visible=False)
+        )
+        return await self._write(_run(stmt))
+
     async def latest_seq(self, session_id: str) -> int:
         """The highest ``seq`` in the session (0 when empty): one indexed read, which
         tells a live session whether another process has written since it last looked."""
