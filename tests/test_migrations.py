@@ -166,20 +166,66 @@ async def test_a_newer_schema_is_refused(engine: AsyncEngine, persistent_db_url:
     assert "\n" not in message
 
 
-@pytest.mark.anyio
-async def test_a_failed_migration_is_one_plain_line(tmp_path: Path, anyio_backend: str) -> None:
-    url = f"sqlite:///{tmp_path}/clash.db"
-    engine = create_engine(normalize_url(url))
+async def execute(engine: AsyncEngine, *statements: str) -> None:
     async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE sessions (id INTEGER)"))
-    try:
-        with pytest.raises(MigrationError) as caught:
-            await upgrade(engine)
-    finally:
-        await engine.dispose()
+        for statement in statements:
+            await conn.execute(text(statement))
+
+
+@pytest.mark.anyio
+async def test_tables_in_the_way_are_refused_by_name_before_anything_is_made(
+    engine: AsyncEngine, persistent_db_url: str
+) -> None:
+    await execute(
+        engine, "CREATE TABLE feedback (note VARCHAR(20))", "CREATE TABLE chat_tasks (n INTEGER)"
+    )
+    with pytest.raises(MigrationError) as caught:
+        await SessionStore.open(persistent_db_url)
+    assert await table_names(engine) == {"chat_tasks", "feedback"}
     message = str(caught.value)
-    assert message.startswith("migrating the schema to head failed for sqlite+aiosqlite:///")
-    assert "already exists" in message and "\n" not in message
+    assert "already has tables named chat_tasks, feedback, names acp-server's schema" in message
+    assert "reachable" not in message and "\n" not in message
+
+    await execute(engine, "DROP TABLE feedback", "DROP TABLE chat_tasks")
+    await upgrade(engine)  # nothing was left behind: the next start needs no cleanup
+    assert await current(engine) == HEAD_REVISION
+
+
+# A name in the way that only shows when the migration reaches it (SQLite and PostgreSQL
+# share index names across tables, MySQL/MariaDB foreign key names), and its removal.
+INDEX_IN_THE_WAY = (
+    ["CREATE TABLE other (n INTEGER)", "CREATE INDEX ix_feedback_created_at ON other (n)"],
+    ["DROP TABLE other"],
+)
+BLOCKERS = {
+    "sqlite": INDEX_IN_THE_WAY,
+    "postgresql": INDEX_IN_THE_WAY,
+    "mysql": (
+        [
+            "CREATE TABLE other_parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE other (n INTEGER, CONSTRAINT fk_feedback_turn_id_chat_tasks "
+            "FOREIGN KEY (n) REFERENCES other_parent (id))",
+        ],
+        ["DROP TABLE other", "DROP TABLE other_parent"],
+    ),
+}
+
+
+@pytest.mark.anyio
+async def test_a_migration_failing_halfway_leaves_nothing_behind(engine: AsyncEngine) -> None:
+    create, drop = BLOCKERS[engine.dialect.name]
+    await execute(engine, *create)
+    before = await table_names(engine)
+    with pytest.raises(MigrationError) as caught:
+        await upgrade(engine)
+    assert await table_names(engine) == before
+    message = str(caught.value)
+    assert message.startswith("migrating the schema to head failed for ")
+    assert "nothing of it was kept" in message and "\n" not in message
+
+    await execute(engine, *drop)
+    await upgrade(engine)
+    assert await current(engine) == HEAD_REVISION
 
 
 @pytest.mark.anyio
