@@ -94,6 +94,16 @@ async def _read_version(conn: AsyncConnection) -> str | None:
     return result.scalars().first()
 
 
+async def check(engine: AsyncEngine) -> str | None:
+    """What start-up checks before it migrates, changing nothing: the schema revision
+    (None when never migrated), or ``MigrationError`` for a schema newer than this code
+    or tables in the way of a fresh one. ``doctor`` runs it."""
+    async with engine.connect() as conn:
+        version = await _read_version(conn)
+        await _preflight(conn, engine, version)
+    return version
+
+
 async def _migrate(engine: AsyncEngine, target: str, *, down: bool = False) -> None:
     try:
         async with engine.connect() as conn, _migration_lock(conn):
