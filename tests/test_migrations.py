@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 from sqlalchemy import inspect, text
@@ -280,3 +281,55 @@ def test_four_processes_upgrade_one_database_at_once(persistent_db_url: str) -> 
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
         assert out.strip() == HEAD_REVISION
+
+
+def lock_files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name.endswith(".lock"))
+
+
+@pytest.mark.anyio
+async def test_the_sqlite_migration_lock_is_removed_after_use(tmp_path: Path) -> None:
+    import fcntl
+
+    url = f"sqlite:///{tmp_path}/sessions.db"
+    await (await SessionStore.open(url)).close()  # migrates under the lock
+    assert lock_files(tmp_path) == []
+
+    # One an older acp-server left is swept at the next start, unless someone holds it.
+    stale = tmp_path / "sessions.db.migrate.lock"
+    stale.touch()
+    fd = os.open(stale, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        await (await SessionStore.open(url)).close()
+        assert lock_files(tmp_path) == [stale.name]
+    finally:
+        os.close(fd)
+    await (await SessionStore.open(url)).close()
+    assert lock_files(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_the_file_lock_excludes_while_its_file_comes_and_goes(tmp_path: Path) -> None:
+    """Each holder removes the file on release, so a waiter may wake on a removed file;
+    it must not then hold the lock beside whoever made the file anew."""
+    from acp_server.storage.migrate import _file_lock
+
+    path = tmp_path / "x.migrate.lock"
+    inside = peak = entries = 0
+
+    async def contend() -> None:
+        nonlocal inside, peak, entries
+        for _ in range(25):
+            async with _file_lock(path):
+                inside += 1
+                entries += 1
+                peak = max(peak, inside)
+                await anyio.lowlevel.checkpoint()
+                inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(contend)
+    assert (entries, peak) == (200, 1)
+    assert lock_files(tmp_path) == []

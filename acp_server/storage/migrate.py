@@ -31,6 +31,11 @@ from acp_server.storage.engine import StorageError, redact, sqlite_path
 if TYPE_CHECKING:
     from alembic.config import Config
 
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite's own locking is all there is
+    fcntl = None  # type: ignore[assignment]
+
 HEAD_REVISION = "0001"
 """The newest revision in ``migrations/versions``; a test keeps it equal to Alembic's head."""
 
@@ -76,6 +81,9 @@ async def upgrade(engine: AsyncEngine) -> None:
     try:
         async with engine.connect() as conn:
             if await _read_version(conn) == HEAD_REVISION:
+                lock = _lock_path(engine)
+                if lock is not None:
+                    _sweep_file_lock(lock)
                 return
     except Exception as exc:
         raise _failed(engine, "reading the schema version", exc) from None
@@ -263,12 +271,18 @@ async def _migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
         async with _mysql_lock(conn):
             yield
     else:
-        path = sqlite_path(conn.engine.url)
+        path = _lock_path(conn.engine)
         if path is None:
             yield
         else:
-            async with _file_lock(path.with_name(path.name + ".migrate.lock")):
+            async with _file_lock(path):
                 yield
+
+
+def _lock_path(engine: AsyncEngine) -> Path | None:
+    """The migration lock file of a SQLite database: beside it, present only while held."""
+    path = sqlite_path(engine.url)
+    return None if path is None else path.with_name(path.name + ".migrate.lock")
 
 
 @asynccontextmanager
@@ -296,14 +310,67 @@ async def _mysql_lock(conn: AsyncConnection) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def _file_lock(path: Path) -> AsyncIterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: SQLite's own locking is all we have
+    """An ``flock`` on ``path``, which is removed again when released."""
+    if fcntl is None:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = await anyio.to_thread.run_sync(_take_file_lock, path)
     try:
-        await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
         yield
     finally:
+        _drop_file_lock(path, fd)
+
+
+def _take_file_lock(path: Path) -> int:
+    """Open and lock ``path``, the file now at that name.
+
+    A holder removes the file while it still holds the lock, so whoever was waiting on
+    it wakes up holding a lock on a file no longer there: it must start again with the
+    file of that name (made anew if need be), or two processes would hold "the" lock.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_at(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
+
+
+def _drop_file_lock(path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then release it."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sweep_file_lock(path: Path) -> None:
+    """Remove a lock file an older acp-server left behind, unless someone holds it."""
+    if fcntl is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return
+    if _is_at(fd, path):
+        _drop_file_lock(path, fd)
+    else:
+        os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
