@@ -627,12 +627,13 @@ def test_doctor_fails_wherever_the_server_cannot_start(tmp_path: Path, home: Pat
     cases = [
         (["--database-url", f"sqlite:///{clash}"], "already has a table named feedback"),
         (["--database-url", sqlite_url(newer)], "database schema 9999"),
-        (["--database-url", UNREACHABLE_PG], "cannot reach PostgreSQL at 127.0.0.1:1"),
         (["--memory", "--provider", f"script:{script}"], f"the script {script} is not a valid"),
     ]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        served = list(pool.map(lambda case: serve_once(home, case[0]), cases))
-    doctors = cli_all(home, [["doctor", *args] for args, _ in cases])
+    with ThreadPoolExecutor(max_workers=len(cases) * 2) as pool:
+        serving = [pool.submit(serve_once, home, args) for args, _ in cases]
+        checking = [pool.submit(cli, home, "doctor", *args) for args, _ in cases]
+        served = [future.result() for future in serving]
+        doctors = [future.result() for future in checking]
     for (args, expected), server, doctor in zip(cases, served, doctors, strict=True):
         problem = one_line_error(server, 2).removeprefix("acp-server: ")
         assert expected in problem, (args, problem)
