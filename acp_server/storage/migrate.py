@@ -170,7 +170,7 @@ def _clash_message(engine: AsyncEngine, clashes: list[str]) -> str:
         f"database {redact(engine.url)} already has "
         f"{'a table' if one else 'tables'} named {', '.join(clashes)}, "
         f"{'a name' if one else 'names'} acp-server's schema needs, so nothing was "
-        "created; give acp-server a database (or PostgreSQL schema) of its own with "
+        "created; give acp-server a database of its own with "
         f"--database-url / ACP_SERVER_DATABASE_URL, or drop or rename {them} if nothing "
         f"else uses {them} (tables left by an older acp-server's failed start are empty)"
     )
