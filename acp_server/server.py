@@ -20,6 +20,7 @@ from acp_server.agent.providers.base import Provider
 from acp_server.config.loader import default_database_url
 from acp_server.config.settings import Settings
 from acp_server.logs import get_logger
+from acp_server.preflight import provider_problem
 from acp_server.protocol.methods import AcpMethods
 from acp_server.sessions.service import SessionService
 from acp_server.transport.rpc import Connection
@@ -127,18 +128,11 @@ async def serve(
     """Serve one client on ``fd_in``/``fd_out`` (stdin/stdout for an editor; a pair of
     pipes for a test that runs the server inside its own event loop) until EOF.
     Returns the exit code."""
+    problem = provider_problem(settings)
+    if problem is not None:
+        print(f"acp-server: {problem}", file=sys.stderr)
+        return 2
     providers = _Providers(settings)
-    if settings.provider.name.startswith("script:"):
-        # A script that cannot load is a bad setting: say so now, in one line, rather
-        # than fail the editor's first session/new. (Loading one imports nothing heavy.)
-        from acp_server.agent.providers.base import ProviderError
-
-        try:
-            providers.get()
-        except ProviderError as exc:
-            problem = f"{exc.message}; fix --provider or ACP_SERVER_PROVIDER"
-            print(f"acp-server: {problem}", file=sys.stderr)
-            return 2
     channel = StdioChannel(fd_in, fd_out, max_line_bytes=settings.transport.max_message_bytes)
     backend = _Backend(settings)
     methods: AcpMethods | None = None

@@ -601,6 +601,51 @@ def test_doctor_passes_and_fails(tmp_path: Path, home: Path) -> None:
     assert "✗ provider: anthropic" in keyless.stdout and "ANTHROPIC_API_KEY" in keyless.stdout
 
 
+def serve_once(home: Path, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Start the server, ask for the session list (which waits for the database), EOF."""
+    return subprocess.run(
+        [*SERVER, *args],
+        input='{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n',
+        env=server_env(home, {"ACP_SERVER_LOG_LEVEL": "warning"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_doctor_fails_wherever_the_server_cannot_start(tmp_path: Path, home: Path) -> None:
+    clash = tmp_path / "clash.db"
+    with sqlite3.connect(clash) as conn:
+        conn.execute("CREATE TABLE feedback (note TEXT)")
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    run(_get, sqlite_url(newer), "none")
+    with sqlite3.connect(newer / "sessions.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    script = tmp_path / "bad-script.yaml"
+    script.write_text("turns: seven\n")
+    cases = [
+        (["--database-url", f"sqlite:///{clash}"], "already has a table named feedback"),
+        (["--database-url", sqlite_url(newer)], "database schema 9999"),
+        (["--memory", "--provider", f"script:{script}"], f"the script {script} is not a valid"),
+    ]
+    with ThreadPoolExecutor(max_workers=len(cases) * 2) as pool:
+        serving = [pool.submit(serve_once, home, args) for args, _ in cases]
+        checking = [pool.submit(cli, home, "doctor", *args) for args, _ in cases]
+        served = [future.result() for future in serving]
+        doctors = [future.result() for future in checking]
+    for (args, expected), server, doctor in zip(cases, served, doctors, strict=True):
+        problem = one_line_error(server, 2).removeprefix("acp-server: ")
+        assert expected in problem, (args, problem)
+        assert doctor.returncode == 1, (args, doctor.stdout)
+        failed = [line for line in doctor.stdout.splitlines() if line.startswith("✗ ")]
+        assert len(failed) == 1 and failed[0].endswith(f": {problem}"), (args, doctor.stdout)
+        assert doctor.stdout.splitlines()[-1] == "1 problem found"
+    with sqlite3.connect(clash) as conn:  # doctor changed nothing
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert names == {"feedback"}
+
+
 def test_errors_are_one_plain_line(tmp_path: Path, home: Path) -> None:
     url = sqlite_url(tmp_path)
     run(seed, url)

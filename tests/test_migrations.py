@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 from sqlalchemy import inspect, text
@@ -166,20 +167,66 @@ async def test_a_newer_schema_is_refused(engine: AsyncEngine, persistent_db_url:
     assert "\n" not in message
 
 
-@pytest.mark.anyio
-async def test_a_failed_migration_is_one_plain_line(tmp_path: Path, anyio_backend: str) -> None:
-    url = f"sqlite:///{tmp_path}/clash.db"
-    engine = create_engine(normalize_url(url))
+async def execute(engine: AsyncEngine, *statements: str) -> None:
     async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE sessions (id INTEGER)"))
-    try:
-        with pytest.raises(MigrationError) as caught:
-            await upgrade(engine)
-    finally:
-        await engine.dispose()
+        for statement in statements:
+            await conn.execute(text(statement))
+
+
+@pytest.mark.anyio
+async def test_tables_in_the_way_are_refused_by_name_before_anything_is_made(
+    engine: AsyncEngine, persistent_db_url: str
+) -> None:
+    await execute(
+        engine, "CREATE TABLE feedback (note VARCHAR(20))", "CREATE TABLE chat_tasks (n INTEGER)"
+    )
+    with pytest.raises(MigrationError) as caught:
+        await SessionStore.open(persistent_db_url)
+    assert await table_names(engine) == {"chat_tasks", "feedback"}
     message = str(caught.value)
-    assert message.startswith("migrating the schema to head failed for sqlite+aiosqlite:///")
-    assert "already exists" in message and "\n" not in message
+    assert "already has tables named chat_tasks, feedback, names acp-server's schema" in message
+    assert "reachable" not in message and "\n" not in message
+
+    await execute(engine, "DROP TABLE feedback", "DROP TABLE chat_tasks")
+    await upgrade(engine)  # nothing was left behind: the next start needs no cleanup
+    assert await current(engine) == HEAD_REVISION
+
+
+# A name in the way that only shows when the migration reaches it (SQLite and PostgreSQL
+# share index names across tables, MySQL/MariaDB foreign key names), and its removal.
+INDEX_IN_THE_WAY = (
+    ["CREATE TABLE other (n INTEGER)", "CREATE INDEX ix_feedback_created_at ON other (n)"],
+    ["DROP TABLE other"],
+)
+BLOCKERS = {
+    "sqlite": INDEX_IN_THE_WAY,
+    "postgresql": INDEX_IN_THE_WAY,
+    "mysql": (
+        [
+            "CREATE TABLE other_parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE other (n INTEGER, CONSTRAINT fk_feedback_turn_id_chat_tasks "
+            "FOREIGN KEY (n) REFERENCES other_parent (id))",
+        ],
+        ["DROP TABLE other", "DROP TABLE other_parent"],
+    ),
+}
+
+
+@pytest.mark.anyio
+async def test_a_migration_failing_halfway_leaves_nothing_behind(engine: AsyncEngine) -> None:
+    create, drop = BLOCKERS[engine.dialect.name]
+    await execute(engine, *create)
+    before = await table_names(engine)
+    with pytest.raises(MigrationError) as caught:
+        await upgrade(engine)
+    assert await table_names(engine) == before
+    message = str(caught.value)
+    assert message.startswith("migrating the schema to head failed for ")
+    assert "nothing of it was kept" in message and "\n" not in message
+
+    await execute(engine, *drop)
+    await upgrade(engine)
+    assert await current(engine) == HEAD_REVISION
 
 
 @pytest.mark.anyio
@@ -234,3 +281,55 @@ def test_four_processes_upgrade_one_database_at_once(persistent_db_url: str) -> 
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
         assert out.strip() == HEAD_REVISION
+
+
+def lock_files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name.endswith(".lock"))
+
+
+@pytest.mark.anyio
+async def test_the_sqlite_migration_lock_is_removed_after_use(tmp_path: Path) -> None:
+    import fcntl
+
+    url = f"sqlite:///{tmp_path}/sessions.db"
+    await (await SessionStore.open(url)).close()  # migrates under the lock
+    assert lock_files(tmp_path) == []
+
+    # One an older acp-server left is swept at the next start, unless someone holds it.
+    stale = tmp_path / "sessions.db.migrate.lock"
+    stale.touch()
+    fd = os.open(stale, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        await (await SessionStore.open(url)).close()
+        assert lock_files(tmp_path) == [stale.name]
+    finally:
+        os.close(fd)
+    await (await SessionStore.open(url)).close()
+    assert lock_files(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_the_file_lock_excludes_while_its_file_comes_and_goes(tmp_path: Path) -> None:
+    """Each holder removes the file on release, so a waiter may wake on a removed file;
+    it must not then hold the lock beside whoever made the file anew."""
+    from acp_server.storage.migrate import _file_lock
+
+    path = tmp_path / "x.migrate.lock"
+    inside = peak = entries = 0
+
+    async def contend() -> None:
+        nonlocal inside, peak, entries
+        for _ in range(25):
+            async with _file_lock(path):
+                inside += 1
+                entries += 1
+                peak = max(peak, inside)
+                await anyio.lowlevel.checkpoint()
+                inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(contend)
+    assert (entries, peak) == (200, 1)
+    assert lock_files(tmp_path) == []

@@ -520,10 +520,12 @@ def _check_provider(settings: Settings) -> tuple[bool, str]:
             "with an API key to use a model)"
         )
     if name.startswith("script:"):
-        path = Path(name.removeprefix("script:")).expanduser()
-        if path.is_file():
-            return True, f"provider: script {path}"
-        return False, f"provider: script file {path} does not exist; fix ACP_SERVER_PROVIDER"
+        from acp_server.preflight import provider_problem
+
+        problem = provider_problem(settings)
+        if problem is not None:
+            return False, f"provider: {problem}"
+        return True, f"provider: script {Path(name.removeprefix('script:')).expanduser()}"
     variable = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
     where = f" at {provider.base_url}" if provider.base_url else ""
     if provider.api_key is not None and provider.api_key.get_secret_value():
@@ -548,7 +550,7 @@ async def _check_database(url_text: str) -> list[tuple[bool, str]]:
         redact,
         sqlite_path,
     )
-    from acp_server.storage.migrate import HEAD_REVISION, current
+    from acp_server.storage.migrate import HEAD_REVISION, MigrationError, check
 
     try:
         url = normalize_url(url_text)
@@ -569,26 +571,27 @@ async def _check_database(url_text: str) -> list[tuple[bool, str]]:
                 "writable; choose another --database-url / ACP_SERVER_DATABASE_URL",
             )
         ]
+    # The checks start-up makes before it migrates, run by the same code, changing nothing.
     engine = None
     try:
         engine = create_engine(url)
         await check_connection(engine, url)
-        revision = await current(engine)
+        checks = [(True, f"database: {shown} is reachable")]
+        revision = await check(engine)
+    except MigrationError as exc:
+        return [*checks, (False, f"schema: {exc}")]
     except Exception as exc:
         return [(False, f"database: {_describe(exc)}")]
     finally:
         if engine is not None:
             await engine.dispose()
-    checks = [(True, f"database: {shown} is reachable")]
     later = f"the server (or 'acp-server db upgrade') brings it to {HEAD_REVISION}"
     if revision == HEAD_REVISION:
         checks.append((True, f"schema: revision {revision}, current"))
     elif revision is None:
         checks.append((True, f"schema: not initialised; {later}"))
-    elif revision_known(revision):
-        checks.append((True, f"schema: revision {revision}; {later}"))
     else:
-        checks.append((False, f"schema: {schema_problem(shown, revision)}"))
+        checks.append((True, f"schema: revision {revision}; {later}"))
     return checks
 
 

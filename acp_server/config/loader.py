@@ -105,12 +105,19 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -148,6 +155,27 @@ def _describe(error: ValidationError, origins: dict[str, str]) -> str:
     return f"setting '{dotted}' from {origin} is invalid{shown}: {message}"
 
 
+def _chosen_provider(
+    flags: Mapping[str, Any],
+    from_env: Mapping[str, tuple[str, str]],
+    tree: dict[str, Any],
+    env: Mapping[str, str],
+) -> str:
+    """The provider by the usual precedence; unset, the first whose API key is set."""
+    if "provider.name" in flags:
+        return str(flags["provider.name"])
+    if "provider.name" in from_env:
+        return from_env["provider.name"][0]
+    configured = _get(tree, "provider.name")
+    if configured is not None:
+        return str(configured)
+    if env.get("OPENAI_API_KEY"):
+        return "openai"
+    if env.get("ANTHROPIC_API_KEY"):
+        return "anthropic"
+    return "echo"
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -174,27 +202,22 @@ def load_settings(
         path = user_config_file()
         tree = _read_file(path, env) if path.is_file() else {}
 
-    for name, dotted in ENVIRONMENT.items():
-        if env.get(name, "") != "":
-            _set(tree, dotted, env[name])
-            origins[dotted] = f"environment variable {name}"
+    # The environment: every variable that is set, the chosen provider's endpoint
+    # variables included, overrides the file, and a flag overrides the environment.
+    from_env = {
+        dotted: (env[name], name) for name, dotted in ENVIRONMENT.items() if env.get(name, "")
+    }
+    provider = _chosen_provider(flags, from_env, tree, env)
+    _set(tree, "provider.name", provider)
+    for name, key in PROVIDER_ENVIRONMENT.get(provider, {}).items():
+        if env.get(name, ""):
+            from_env[f"provider.{key}"] = (env[name], name)
+    for dotted, (value, name) in from_env.items():
+        _set(tree, dotted, value)
+        origins[dotted] = f"environment variable {name}"
     for dotted, value in flags.items():
         _set(tree, dotted, value)
         origins[dotted] = FLAGS.get(dotted, f"--{dotted.split('.')[-1].replace('_', '-')}")
-
-    provider = _get(tree, "provider.name")
-    if provider is None:
-        if env.get("OPENAI_API_KEY"):
-            provider = "openai"
-        elif env.get("ANTHROPIC_API_KEY"):
-            provider = "anthropic"
-        else:
-            provider = "echo"
-        _set(tree, "provider.name", provider)
-    for name, key in PROVIDER_ENVIRONMENT.get(str(provider), {}).items():
-        if env.get(name) and _get(tree, f"provider.{key}") is None:
-            _set(tree, f"provider.{key}", env[name])
-            origins[f"provider.{key}"] = f"environment variable {name}"
 
     try:
         return Settings.model_validate(tree)
