@@ -605,7 +605,10 @@ def serve_once(home: Path, args: Sequence[str]) -> subprocess.CompletedProcess[s
     """Start the server, ask for the session list (which waits for the database), EOF."""
     return subprocess.run(
         [*SERVER, *args],
-        input='{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n',
+        input=(
+            '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":1}}\n'
+            '{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n'
+        ),
         env=server_env(home, {"ACP_SERVER_LOG_LEVEL": "warning"}),
         capture_output=True,
         text=True,

@@ -146,8 +146,9 @@ async def test_a_prompt_sent_as_a_notification_runs_nothing(home, workspace, tmp
     assert "request sent as a notification ignored" in server.stderr
 
 
+@pytest.mark.timeout(600)  # 5,000 answers, each validated against the schema here
 async def test_a_flood_is_queued_and_every_request_answered_once(home, workspace):
-    count = 20_000
+    count = 5_000
     async with raw_server(["--memory"], server_env(home)) as server:
         await open_session(server, workspace)
         flood = b"".join(
@@ -164,8 +165,9 @@ async def test_a_flood_is_queued_and_every_request_answered_once(home, workspace
         assert len(answers) == count and set(answers.values()) == {1}
         status = Path(f"/proc/{server.process.pid}/status").read_text()
         peak_kib = int(next(s for s in status.splitlines() if s.startswith("VmHWM")).split()[1])
-        # The unbounded version peaked at 630 MiB; bounded it stays near its idle size.
-        assert peak_kib < 250 * 1024, peak_kib
+        # One task per request peaked at 212 MiB here (630 MiB for 20,000); bounded,
+        # the server stays near its idle size (92 MiB).
+        assert peak_kib < 160 * 1024, peak_kib
 
 
 def _stored(db: Path, sid: str) -> tuple[list[tuple[str, str]], list[str]]:
