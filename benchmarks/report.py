@@ -66,6 +66,8 @@ TARGETS: list[tuple[str, tuple[str, ...], str, Check]] = [
     ("list.cwd_deep", PERSISTENT, "as fast as the first page (≤ 1.25x)", _deep("list.cwd_first")),
     ("memory.idle", SERVERS, "< 60 MB", lambda f, _: f.value < 60),
     ("memory.many", SERVERS, "< 100 MB (1,000 sessions)", lambda f, _: f.value < 100),
+    ("shutdown.eof", SERVERS, "< 200 ms", lambda f, _: f.value < 200),
+    ("shutdown.sigterm", SERVERS, "< 200 ms", lambda f, _: f.value < 200),
 ]
 
 

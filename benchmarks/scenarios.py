@@ -9,6 +9,7 @@ Every figure is a median over several runs; the samples are kept in the JSON.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,7 +26,7 @@ from benchmarks.client import AgentError, AgentProcess, clean_env, spawn
 from benchmarks.fake import BenchLLM, chunk_text, prompt_text, provider_seconds
 from benchmarks.stats import Figure, median, percentile
 
-SCENARIOS = ("cold", "turn", "stream", "load", "list", "concurrent", "memory")
+SCENARIOS = ("cold", "turn", "stream", "load", "list", "concurrent", "memory", "shutdown")
 T = TypeVar("T")
 
 
@@ -723,6 +724,43 @@ async def memory(bench: Bench) -> None:
             )
 
 
+# ---- 8. shutdown ----------------------------------------------------------------------
+
+
+async def shutdown(bench: Bench) -> None:
+    """How long an idle agent takes to exit after stdin closes, and after SIGTERM: some
+    editors close stdin and send SIGTERM ~100 ms later, killing a slow one mid-way."""
+    runs = bench.sizes.cold_runs
+    names = bench.names()
+    after: dict[tuple[str, str], list[float]] = {}
+    async with variants(names, bench.root, "shutdown") as vs:
+        for run in range(runs):
+            for variant in rotate(vs, run):
+                for how in ("eof", "sigterm"):
+                    async with bench.spawn(variant) as agent:
+                        await ready(agent, variant)
+                        started = time.perf_counter()
+                        if how == "eof":
+                            await agent.close()
+                        else:
+                            agent.process.send_signal(signal.SIGTERM)
+                            await agent.process.wait()
+                        elapsed = time.perf_counter() - started
+                    after.setdefault((variant.name, how), []).append(elapsed)
+            bench.log(f"shutdown: run {run + 1}/{runs}")
+    for how, label in (("eof", "stdin closed → exited"), ("sigterm", "SIGTERM → exited")):
+        for name in names:
+            bench.add(
+                f"shutdown.{how}",
+                "shutdown",
+                f"idle, {label}",
+                name,
+                _ms(after[(name, how)]),
+                "ms",
+                baselines=(FLOOR,),
+            )
+
+
 async def run_all(bench: Bench, selected: list[str]) -> None:
     """Run the selected scenarios. Per-turn, streaming and concurrency share one set of
     server processes (started once, each variant idle while another is measured)."""
@@ -743,5 +781,8 @@ async def run_all(bench: Bench, selected: list[str]) -> None:
     if "memory" in selected:
         bench.log("memory")
         await memory(bench)
+    if "shutdown" in selected:
+        bench.log("shutdown")
+        await shutdown(bench)
     order = {name: i for i, name in enumerate(SCENARIOS)}
     bench.figures.sort(key=lambda f: order[f.key.split(".")[0]])
