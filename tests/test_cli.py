@@ -30,7 +30,7 @@ from acp_server.sessions.model import (
     Usage,
     now_ms,
 )
-from acp_server.storage import SessionStore
+from acp_server.storage.store import SessionStore
 from tests.backends import open_store, sqlite_url
 from tests.harness import INIT, SERVER, raw_server, server_env
 
