@@ -666,8 +666,8 @@ def export_file(**fields: Any) -> dict[str, Any]:
 def test_import_says_what_is_wrong_with_the_file(
     tmp_path: Path, content: str | None, expected: str
 ) -> None:
+    from acp_server.cli.common import CommandError
     from acp_server.cli.export import read_export
-    from acp_server.cli.manage import CommandError
 
     path = tmp_path / "export.json"
     if content is not None:
