@@ -18,7 +18,8 @@ from sqlalchemy import insert
 from acp_server.sessions.model import SessionRecord, SessionType, now_ms
 from acp_server.sessions.service import PAGE_SIZE, encode_cursor
 from acp_server.storage import tables
-from acp_server.storage.store import ListKey, SessionStore, session_values
+from acp_server.storage.sessions import ListKey, session_values
+from acp_server.storage.store import SessionStore
 
 BATCH = 2_000
 PROJECTS = 20

@@ -455,7 +455,8 @@ async def _client_ceiling(replay: Path, chunks: int) -> float:
 
 
 async def stored(bench: Bench, *, load: bool, listing: bool) -> None:
-    from acp_server.storage.store import ListKey, SessionStore
+    from acp_server.storage.sessions import ListKey
+    from acp_server.storage.store import SessionStore
     from benchmarks.populate import PAGE_SIZE, populate
 
     sizes = bench.sizes

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from acp_server.storage import SessionStore
+from acp_server.storage.store import SessionStore
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 MARIADB_HOST, MARIADB_PORT, MARIADB_USER = "127.0.0.1", 3306, "root"

@@ -30,7 +30,7 @@ from acp_server.sessions.model import (
     Usage,
     now_ms,
 )
-from acp_server.storage import SessionStore
+from acp_server.storage.store import SessionStore
 from tests.backends import open_store, sqlite_url
 from tests.harness import INIT, SERVER, raw_server, server_env
 
@@ -714,8 +714,8 @@ def export_file(**fields: Any) -> dict[str, Any]:
 def test_import_says_what_is_wrong_with_the_file(
     tmp_path: Path, content: str | None, expected: str
 ) -> None:
+    from acp_server.cli.common import CommandError
     from acp_server.cli.export import read_export
-    from acp_server.cli.manage import CommandError
 
     path = tmp_path / "export.json"
     if content is not None:

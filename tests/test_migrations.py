@@ -17,23 +17,25 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from acp_server.storage import MigrationError, SessionStore, tables
+from acp_server.storage import tables
 from acp_server.storage.engine import create_engine, normalize_url
 from acp_server.storage.migrate import (
     HEAD_REVISION,
+    MigrationError,
     alembic_config,
     current,
     downgrade,
     migrations_dir,
     upgrade,
 )
+from acp_server.storage.store import SessionStore
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_TABLES = {t.name for t in tables.metadata.sorted_tables}
 
 OPEN_AND_REPORT_ALEMBIC = """
 import asyncio, sys
-from acp_server.storage import SessionStore
+from acp_server.storage.store import SessionStore
 
 async def main(url):
     store = await SessionStore.open(url)

@@ -16,7 +16,7 @@ from acp_server.sessions.redaction import (
     scrub_mcp_servers,
 )
 from acp_server.sessions.service import SessionService
-from acp_server.storage import SessionStore
+from acp_server.storage.store import SessionStore
 from tests.backends import sqlite_url
 from tests.harness import INIT, raw_server, server_env
 

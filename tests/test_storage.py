@@ -24,15 +24,11 @@ from acp_server.sessions.model import (
     Usage,
     now_ms,
 )
-from acp_server.storage import (
-    DatabaseConfigError,
-    ListKey,
-    SessionNotFoundError,
-    SessionStore,
-    tables,
-)
-from acp_server.storage.engine import normalize_url, redact
-from acp_server.storage.store import INTERRUPTED_RESULT, session_values
+from acp_server.storage import tables
+from acp_server.storage.engine import DatabaseConfigError, normalize_url, redact
+from acp_server.storage.items import INTERRUPTED_RESULT
+from acp_server.storage.sessions import ListKey, SessionNotFoundError, session_values
+from acp_server.storage.store import SessionStore
 from tests.backends import open_store
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,8 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acp_server.sessions.model import ItemKind, NewItem, SessionRecord, Turn, TurnStatus, Usage
-from acp_server.storage import SessionStore, tables
+from acp_server.storage import tables
+from acp_server.storage.store import SessionStore
 from tests.backends import (
     SERVER_BACKENDS,
     backend_params,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from acp_server import __version__
-from acp_server.cli.manage import CommandError, local_time, money
+from acp_server.cli.common import CommandError, local_time, money
 from acp_server.sessions.model import (
     Item,
     ItemKind,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from acp_server.cli.manage import local_time, money, one_line, table
+from acp_server.cli.common import local_time, money, one_line, table
 
 if TYPE_CHECKING:
     from acp_server.storage.store import SessionStore

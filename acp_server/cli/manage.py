@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from acp_server.cli.common import CommandError, local_time, one_line, out, print_json, table
 from acp_server.config.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,14 +26,6 @@ if TYPE_CHECKING:
     from acp_server.storage.store import SessionStore
 
 Handler = Callable[[argparse.Namespace, Settings], Awaitable[int]]
-
-
-class CommandError(Exception):
-    """Ends the command with this one line on stderr and ``code`` as the exit status."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
 
 
 def run(command: str, args: argparse.Namespace, settings: Settings) -> int:
@@ -73,12 +65,6 @@ def _handler(command: str, args: argparse.Namespace) -> tuple[str, Handler]:
     if handler is None:
         raise SystemExit(_fail(f"unknown command {name!r}; see 'acp-server --help'", 2))
     return name, handler
-
-
-def out(*values: object, end: str = "\n") -> None:
-    """Output of a management command, for the terminal. ``serve`` never calls this:
-    its stdout carries protocol messages only."""
-    sys.stdout.write(" ".join(str(value) for value in values) + end)
 
 
 def _fail(message: str, code: int) -> int:
@@ -202,45 +188,6 @@ def _note(text: str) -> None:
 
 def not_found(session_id: str) -> str:
     return f"no session {session_id!r}; 'acp-server sessions list --all' shows the stored ones"
-
-
-# output helpers
-
-
-def local_time(ms: int | None, *, seconds: bool = False) -> str:
-    if not ms:
-        return "-"
-    moment = datetime.fromtimestamp(ms / 1000).astimezone()
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
-
-
-def one_line(text: str | None, width: int) -> str:
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def money(cost: float) -> str:
-    return f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> str:
-    """A plain text table; columns listed in ``right`` are right-aligned."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        parts = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def print_json(value: Any) -> None:
-    import orjson
-
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _absolute(path: str) -> str:

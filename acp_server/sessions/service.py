@@ -31,7 +31,8 @@ from acp_server.sessions.model import (
 from acp_server.sessions.redaction import has_redactions, scrub_mcp_servers
 
 if TYPE_CHECKING:  # the store imports SQLAlchemy, which stays off the start-up path
-    from acp_server.storage.store import ListKey, SessionStore
+    from acp_server.storage.sessions import ListKey
+    from acp_server.storage.store import SessionStore
 
 PAGE_SIZE = 50
 
@@ -55,7 +56,7 @@ def encode_cursor(key: ListKey, cwd: str | None) -> str:
 
 
 def decode_cursor(cursor: str, cwd: str | None) -> ListKey:
-    from acp_server.storage.store import ListKey
+    from acp_server.storage.sessions import ListKey
 
     problem = InvalidParams(
         "invalid cursor: pass back the nextCursor of the previous session/list answer unchanged",

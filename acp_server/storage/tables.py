@@ -4,7 +4,8 @@ Times are UTC epoch milliseconds in BIGINT columns (no time zones, no 1-second t
 Every child row hangs off a cascading foreign key, so deleting a session or a turn never
 leaves orphans. MySQL cannot index TEXT, so listings filter on ``cwd_hash`` (indexed)
 and then on ``cwd`` (exact). Tables use a binary utf8mb4 collation on MySQL so ids and
-paths compare exactly as on the other backends.
+paths compare exactly as on the other backends. The store speaks SQL, never objects, so
+these are plain Core tables.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     Double,
     ForeignKey,
     Index,
@@ -25,7 +27,6 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -35,7 +36,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-MYSQL_TABLE_OPTIONS = {
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
@@ -43,140 +44,111 @@ MYSQL_TABLE_OPTIONS = {
 
 ID = String(64)
 
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
 
 def cwd_hash(cwd: str) -> str:
     """The indexable stand-in for ``cwd`` (sha256 hex)."""
     return hashlib.sha256(cwd.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("parent_id", ID, ForeignKey("sessions.id", ondelete="SET NULL")),
+    Column("cwd", Text, nullable=False),
+    Column("cwd_hash", String(64), nullable=False),
+    Column("additional_directories", JSON, nullable=False),
+    Column("title", Text),
+    Column("title_set_by_user", Boolean, nullable=False),
+    Column("provider", String(64)),
+    Column("model", String(255)),
+    Column("mode", String(64)),
+    Column("config", JSON, nullable=False),
+    Column("mcp_servers", JSON, nullable=False),
+    Column("permission_rules", JSON, nullable=False),
+    Column("context_tokens", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("cost", Double, nullable=False),
+    Column("message_count", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("last_activity_at", BigInteger, nullable=False),
+    Index(None, "type", "updated_at", "id"),
+    Index(None, "cwd_hash", "type", "updated_at", "id"),
+    Index(None, "parent_id"),
+    **MYSQL_TABLE_OPTIONS,
+)
 
+turns = Table(
+    "chat_tasks",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("stop_reason", String(32)),
+    Column("provider", String(64)),
+    Column("model", String(255)),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cached_read_tokens", BigInteger, nullable=False),
+    Column("cached_write_tokens", BigInteger, nullable=False),
+    Column("thought_tokens", BigInteger, nullable=False),
+    Column("cost", Double, nullable=False),
+    Column("usage_estimated", Boolean, nullable=False),
+    Column("model_calls", Integer, nullable=False),
+    Column("error", Text),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger),
+    Index(None, "session_id", "started_at"),
+    Index(None, "started_at"),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""One prompt turn (``chat_tasks``); retention deletes these and their items."""
 
-class SessionRow(Base):
-    __tablename__ = "sessions"
-    __table_args__ = (
-        Index(None, "type", "updated_at", "id"),
-        Index(None, "cwd_hash", "type", "updated_at", "id"),
-        Index(None, "parent_id"),
-        MYSQL_TABLE_OPTIONS,
-    )
+items = Table(
+    "session_items",
+    metadata,
+    Column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("turn_id", ID, ForeignKey("chat_tasks.id", ondelete="CASCADE")),
+    Column("kind", String(16), nullable=False),
+    Column("message_id", ID, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("user_visible", Boolean, nullable=False),
+    Column("agent_visible", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "turn_id"),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""The append-only conversation, ordered by ``seq`` within a session."""
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    type: Mapped[str] = mapped_column(String(16))
-    parent_id: Mapped[str | None] = mapped_column(
-        ID, ForeignKey("sessions.id", ondelete="SET NULL")
-    )
-    cwd: Mapped[str] = mapped_column(Text)
-    cwd_hash: Mapped[str] = mapped_column(String(64))
-    additional_directories: Mapped[list[str]] = mapped_column(JSON)
-    title: Mapped[str | None] = mapped_column(Text)
-    title_set_by_user: Mapped[bool] = mapped_column(Boolean)
-    provider: Mapped[str | None] = mapped_column(String(64))
-    model: Mapped[str | None] = mapped_column(String(255))
-    mode: Mapped[str | None] = mapped_column(String(64))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    mcp_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    permission_rules: Mapped[dict[str, str]] = mapped_column(JSON)
-    context_tokens: Mapped[int] = mapped_column(BigInteger)
-    input_tokens: Mapped[int] = mapped_column(BigInteger)
-    output_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    cost: Mapped[float] = mapped_column(Double)
-    message_count: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    updated_at: Mapped[int] = mapped_column(BigInteger)
-    last_activity_at: Mapped[int] = mapped_column(BigInteger)
+extension_state = Table(
+    "session_extension_state",
+    metadata,
+    Column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""Per-session state of extensions under namespaced, versioned keys (``todo.v1``)."""
 
-
-class TurnRow(Base):
-    """One prompt turn (``chat_tasks``); retention deletes these and their items."""
-
-    __tablename__ = "chat_tasks"
-    __table_args__ = (
-        Index(None, "session_id", "started_at"),
-        Index(None, "started_at"),
-        MYSQL_TABLE_OPTIONS,
-    )
-
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    session_id: Mapped[str] = mapped_column(ID, ForeignKey("sessions.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16))
-    stop_reason: Mapped[str | None] = mapped_column(String(32))
-    provider: Mapped[str | None] = mapped_column(String(64))
-    model: Mapped[str | None] = mapped_column(String(255))
-    input_tokens: Mapped[int] = mapped_column(BigInteger)
-    output_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_read_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_write_tokens: Mapped[int] = mapped_column(BigInteger)
-    thought_tokens: Mapped[int] = mapped_column(BigInteger)
-    cost: Mapped[float] = mapped_column(Double)
-    usage_estimated: Mapped[bool] = mapped_column(Boolean)
-    model_calls: Mapped[int] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[int] = mapped_column(BigInteger)
-    finished_at: Mapped[int | None] = mapped_column(BigInteger)
-
-
-class ItemRow(Base):
-    """The append-only conversation, ordered by ``seq`` within a session."""
-
-    __tablename__ = "session_items"
-    __table_args__ = (Index(None, "turn_id"), MYSQL_TABLE_OPTIONS)
-
-    session_id: Mapped[str] = mapped_column(
-        ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
-    )
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    turn_id: Mapped[str | None] = mapped_column(ID, ForeignKey("chat_tasks.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))
-    message_id: Mapped[str] = mapped_column(ID)
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
-    user_visible: Mapped[bool] = mapped_column(Boolean)
-    agent_visible: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-
-
-class ExtensionStateRow(Base):
-    """Per-session state of extensions under namespaced, versioned keys (``todo.v1``)."""
-
-    __tablename__ = "session_extension_state"
-    __table_args__ = (MYSQL_TABLE_OPTIONS,)
-
-    session_id: Mapped[str] = mapped_column(
-        ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
-    )
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    value: Mapped[Any] = mapped_column(JSON)
-    updated_at: Mapped[int] = mapped_column(BigInteger)
-
-
-class FeedbackRow(Base):
-    __tablename__ = "feedback"
-    __table_args__ = (
-        Index(None, "session_id"),
-        Index(None, "turn_id"),
-        Index(None, "created_at"),
-        MYSQL_TABLE_OPTIONS,
-    )
-
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    session_id: Mapped[str] = mapped_column(ID, ForeignKey("sessions.id", ondelete="CASCADE"))
-    turn_id: Mapped[str] = mapped_column(ID, ForeignKey("chat_tasks.id", ondelete="CASCADE"))
-    rating: Mapped[int] = mapped_column(Integer)
-    comment: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-
-
-def _table(row: type[Base]) -> Table:
-    table = row.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-metadata = Base.metadata
-sessions = _table(SessionRow)
-turns = _table(TurnRow)
-items = _table(ItemRow)
-extension_state = _table(ExtensionStateRow)
-feedback = _table(FeedbackRow)
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("turn_id", ID, ForeignKey("chat_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("rating", Integer, nullable=False),
+    Column("comment", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "session_id"),
+    Index(None, "turn_id"),
+    Index(None, "created_at"),
+    **MYSQL_TABLE_OPTIONS,
+)

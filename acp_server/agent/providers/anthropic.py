@@ -15,7 +15,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from acp_server.agent.providers import estimated_usage, priced
 from acp_server.agent.providers.base import (
     AssistantMessage,
     Finish,
@@ -42,6 +41,7 @@ from acp_server.agent.providers.http import (
     sse_events,
     with_retries,
 )
+from acp_server.agent.providers.usage import estimated_usage, priced
 from acp_server.config.settings import ProviderSettings
 from acp_server.sessions.model import Usage
 

@@ -7,11 +7,11 @@ uses it starts fast.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import anyio.lowlevel
 
-from acp_server.agent.providers import estimated_usage, word_chunks
 from acp_server.agent.providers.base import (
     AssistantMessage,
     Finish,
@@ -24,6 +24,7 @@ from acp_server.agent.providers.base import (
     UsageReport,
     UserMessage,
 )
+from acp_server.agent.providers.usage import estimated_usage
 from acp_server.config.settings import ProviderSettings
 
 DEFAULT_MODEL = "echo"
@@ -32,6 +33,13 @@ SETUP_NOTE = (
     "ACP_SERVER_PROVIDER=openai and OPENAI_API_KEY, or ACP_SERVER_PROVIDER=anthropic and "
     "ANTHROPIC_API_KEY, or start the server with --provider.)"
 )
+
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+
+
+def word_chunks(text: str) -> list[str]:
+    """Split text into word-sized pieces that join back to exactly ``text``."""
+    return _WORD.findall(text)
 
 
 class EchoProvider:

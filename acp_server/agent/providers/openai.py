@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from acp_server.agent.providers import estimated_usage, priced
 from acp_server.agent.providers.base import (
     AssistantMessage,
     Finish,
@@ -44,6 +43,7 @@ from acp_server.agent.providers.http import (
     sse_events,
     with_retries,
 )
+from acp_server.agent.providers.usage import estimated_usage, priced
 from acp_server.config.settings import ProviderSettings
 from acp_server.sessions.model import Usage
 

@@ -38,7 +38,6 @@ from pydantic import (
     model_validator,
 )
 
-from acp_server.agent.providers import estimated_usage, word_chunks
 from acp_server.agent.providers.base import (
     AssistantMessage,
     Finish,
@@ -56,6 +55,8 @@ from acp_server.agent.providers.base import (
     UsageReport,
     UserMessage,
 )
+from acp_server.agent.providers.echo import word_chunks
+from acp_server.agent.providers.usage import estimated_usage
 from acp_server.config.settings import ProviderSettings
 from acp_server.sessions.model import Usage
 

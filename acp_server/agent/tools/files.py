@@ -28,6 +28,7 @@ from acp_server.agent.tools.base import (
     ToolOutcome,
     in_worker,
 )
+from acp_server.agent.tools.builtin import Arguments, BuiltinTool
 from acp_server.agent.tools.paths import (
     Moved,
     at_path,
@@ -35,7 +36,6 @@ from acp_server.agent.tools.paths import (
     open_nofollow,
     resolve_in_roots,
 )
-from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
 MAX_READ_CHARS = 1_000_000
 """A whole-file read larger than this is refused; ask for a line range instead."""

@@ -40,6 +40,7 @@ from acp_server.agent.tools.base import (
     ToolOutcome,
     in_worker,
 )
+from acp_server.agent.tools.builtin import Arguments, BuiltinTool
 from acp_server.agent.tools.paths import (
     FOLDER,
     Moved,
@@ -49,7 +50,6 @@ from acp_server.agent.tools.paths import (
     open_nofollow,
     resolve_in_roots,
 )
-from acp_server.agent.tools.registry import Arguments, BuiltinTool
 
 MAX_LINE_CHARS = 300
 SKIPPED_DIRS = frozenset({".git"})

@@ -27,7 +27,7 @@ from acp_server.agent.tools.base import (
     ToolKind,
     ToolOutcome,
 )
-from acp_server.agent.tools.registry import Arguments, BuiltinTool
+from acp_server.agent.tools.builtin import Arguments, BuiltinTool
 from acp_server.logs import get_logger
 
 log = get_logger(__name__)
