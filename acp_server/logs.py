@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -41,13 +44,13 @@ def configure(level: str = "info", fmt: str = "console") -> None:
     root.setLevel(max(_LEVELS.get(level, logging.INFO), logging.WARNING))
 
 
-def _structlog() -> Any:
+def _structlog(name: str) -> FilteringBoundLogger:
     global _configured
     import structlog
 
     if not _configured:
         fmt = _wanted["format"]
-        renderer: Any = (
+        renderer: structlog.typing.Processor = (
             structlog.processors.JSONRenderer()
             if fmt == "json"
             else structlog.dev.ConsoleRenderer(
@@ -72,29 +75,48 @@ def _structlog() -> Any:
             cache_logger_on_first_use=True,
         )
         _configured = True
-    return structlog
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
-class _Logger:
-    """A named logger that becomes a structlog logger on first use."""
+class Logger:
+    """A named logger that becomes a structlog logger on first use; a call below the
+    configured level imports nothing."""
 
     __slots__ = ("_logger", "_name")
 
     def __init__(self, name: str):
         self._name = name
-        self._logger: Any = None
+        self._logger: FilteringBoundLogger | None = None
 
-    def __getattr__(self, method: str) -> Any:
-        if _LEVELS.get(method, logging.CRITICAL) < _LEVELS.get(_wanted["level"], logging.INFO):
-            return _ignore
+    def _bound(self, level: str) -> FilteringBoundLogger | None:
+        if _LEVELS[level] < _LEVELS.get(_wanted["level"], logging.INFO):
+            return None
         if self._logger is None:
-            self._logger = _structlog().get_logger(self._name)
-        return getattr(self._logger, method)
+            self._logger = _structlog(self._name)
+        return self._logger
+
+    def debug(self, event: str, **fields: object) -> None:
+        if (logger := self._bound("debug")) is not None:
+            logger.debug(event, **fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        if (logger := self._bound("info")) is not None:
+            logger.info(event, **fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        if (logger := self._bound("warning")) is not None:
+            logger.warning(event, **fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        if (logger := self._bound("error")) is not None:
+            logger.error(event, **fields)
+
+    def exception(self, event: str, **fields: object) -> None:
+        """An error with the traceback of the exception being handled."""
+        if (logger := self._bound("error")) is not None:
+            logger.exception(event, **fields)
 
 
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    """A call below the configured level: not even structlog is imported for it."""
-
-
-def get_logger(name: str) -> Any:
-    return _Logger(name)
+def get_logger(name: str) -> Logger:
+    return Logger(name)

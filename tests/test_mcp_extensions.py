@@ -1,5 +1,5 @@
-"""SessionExtensions against real MCP servers: the SDK's stdio server in a child process,
-and an HTTP address nobody listens on."""
+"""SessionExtensions against real MCP servers: the SDK's server in a child process, over
+stdio or streamable HTTP, and an HTTP address nobody listens on."""
 
 from __future__ import annotations
 
@@ -315,12 +315,56 @@ async def test_a_silent_server_times_out_as_a_problem() -> None:
             ]
 
 
-@pytest.mark.anyio
-async def test_http_server_on_a_closed_port_is_a_problem() -> None:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/mcp"
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def http_echo(name: str) -> AsyncIterator[str]:
+    """The echo server over streamable HTTP in a child process; its URL once it listens."""
+    port = free_port()
+    env = {**os.environ, "ECHO_HTTP_PORT": str(port)}
+    async with await anyio.open_process(
+        [sys.executable, str(ECHO_SERVER), name], env=env, stdout=None, stderr=None
+    ) as process:
+        try:
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        stream = await anyio.connect_tcp("127.0.0.1", port)
+                    except OSError:
+                        assert process.returncode is None, "the HTTP echo server exited"
+                        await anyio.sleep(0.05)
+                    else:
+                        await stream.aclose()
+                        break
+            yield f"http://127.0.0.1:{port}/mcp"
+        finally:
+            process.terminate()
+            await process.wait()
+
+
+@pytest.mark.anyio
+async def test_an_http_server_gets_the_sessions_headers_and_runs_tools(tmp_path: Path) -> None:
+    async with http_echo("web") as url:
+        entry = {
+            "type": "http",
+            "name": "web",
+            "url": url,
+            "headers": [{"name": "X-Key", "value": "k1"}],
+        }
+        async with extensions([entry]) as ext:
+            assert ext.connected == ["web"]
+            ctx = context(tmp_path)
+            assert await call(ext, "web__echo", ctx, text="hi") == "web: hi"
+            assert await call(ext, "web__header", ctx, name="x-key") == "k1"
+
+
+@pytest.mark.anyio
+async def test_http_server_on_a_closed_port_is_a_problem() -> None:
+    url = f"http://127.0.0.1:{free_port()}/mcp"
     entry = {
         "type": "http",
         "name": "web",

@@ -110,8 +110,9 @@ class EditorListener:
             return "unanswered"
         if outcome.outcome == "cancelled":
             return "cancelled"
-        if outcome.option_id in ("allow_once", "allow_always", "reject_once", "reject_always"):
-            return outcome.option_id  # type: ignore[return-value]
+        match outcome.option_id:
+            case "allow_once" | "allow_always" | "reject_once" | "reject_always" as chosen:
+                return chosen
         log.warning("permission answer with an unknown option", option=outcome.option_id)
         return "unanswered"
 

@@ -2,7 +2,8 @@
 (``MCPServer``, the 2.x name of FastMCP).
 
 Run as ``python echo_server.py [name]``; the optional name prefixes the ``echo``
-reply, so tests can tell two servers apart. For start-up tests, environment variables:
+reply, so tests can tell two servers apart. ``ECHO_HTTP_PORT`` serves streamable HTTP on
+that port of 127.0.0.1 instead of stdio. For start-up tests, environment variables:
 
 - ``ECHO_PID_FILE``: write the process id there as it starts;
 - ``ECHO_HOLD_UNTIL``: a path; do not read stdin (so leave ``initialize`` unanswered)
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import (
     ContentBlock,
@@ -79,6 +80,12 @@ def cwd() -> str:
     return os.getcwd()
 
 
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def header(name: str, ctx: Context) -> str:
+    """One header of the HTTP request that called this tool, or an empty string."""
+    return (ctx.headers or {}).get(name, "")
+
+
 @server.tool()
 def fail(message: str) -> str:
     """Always fails, to exercise tool errors."""
@@ -118,4 +125,7 @@ def _start_up() -> None:
 
 if __name__ == "__main__":
     _start_up()
-    server.run("stdio")
+    if port := os.environ.get("ECHO_HTTP_PORT"):
+        server.run("streamable-http", port=int(port))
+    else:
+        server.run("stdio")

@@ -410,7 +410,7 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (0-based), or None to give up."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after else None
-        ceiling = min(self.max_delay, self.base_delay * 2**retry)
+        ceiling = min(self.max_delay, self.base_delay * 2.0**retry)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -29,11 +29,11 @@ from typing import Any, Literal, TextIO
 
 import anyio
 import anyio.abc
+import httpx2
 import mcp.types as types
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from acp_server import __version__
@@ -56,6 +56,8 @@ _CLOSE_TIMEOUT = 15.0
 _TERM_GRACE = 1.0
 """From SIGTERM to SIGKILL for a server whose supervisor is told to stop; below the
 SDK's own 2 s, after which it would SIGKILL the supervisor before it cleaned up."""
+_HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+"""The SDK's own defaults for its HTTP client: a server may hold a response stream open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +353,9 @@ class SessionExtensions:
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=self._cwd)
             read, write = await stack.enter_async_context(stdio_client(params, self._errlog))
         else:
-            http = await stack.enter_async_context(create_mcp_http_client(headers=spec.headers))
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=spec.headers, timeout=_HTTP_TIMEOUT)
+            )
             read, write = await stack.enter_async_context(
                 streamable_http_client(spec.url, http_client=http)
             )

@@ -26,10 +26,10 @@ import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pathspec
-import re2
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints: see Regex
 from pydantic import Field
 
 from acp_server.agent.tools.base import (
@@ -59,8 +59,19 @@ _MAX_IGNORE_BYTES = 256_000
 _BINARY_SNIFF = 8192
 _READ = os.O_RDONLY | os.O_NONBLOCK
 
-Regex = Any
-"""A compiled ``re2`` pattern (the package ships no type hints)."""
+
+class _Match(Protocol):
+    def start(self) -> int: ...
+
+
+class Regex(Protocol):
+    """A compiled ``re2`` pattern, as far as this module uses one."""
+
+    def search(self, text: str | bytes, pos: int = 0) -> _Match | None: ...
+
+    def fullmatch(self, text: str | bytes) -> _Match | None: ...
+
+
 Found = Generator[tuple[int, str, str], None, None]
 """Files as (folder fd, name, posix path relative to the search folder)."""
 Rules = tuple[tuple[str, int, pathspec.GitIgnoreSpec], ...]
@@ -93,12 +104,13 @@ class Limits:
     """Bytes one search reads in all."""
 
 
-def _options(ignore_case: bool = False, one_line: bool = False) -> Any:
+def _compile(pattern: str, ignore_case: bool = False, one_line: bool = False) -> Regex:
     options = re2.Options()
     options.log_errors = False  # RE2 would print its own line on stderr
     options.case_sensitive = not ignore_case
     options.never_nl = one_line
-    return options
+    regex: Regex = re2.compile(pattern, options)
+    return regex
 
 
 def _glob_source(pattern: str) -> str:
@@ -138,7 +150,7 @@ def glob_to_regex(pattern: str) -> Regex:
     ``fnmatch`` lets ``*`` cross ``/`` and knows neither ``**`` nor braces; and a glob
     with many stars is exactly what makes a backtracking matcher take forever.
     """
-    return re2.compile(_glob_source(pattern), _options())
+    return _compile(_glob_source(pattern))
 
 
 def _glob_matcher(pattern: str) -> tuple[Regex, bool]:
@@ -179,10 +191,10 @@ class _Matcher:
 
     def __init__(self, pattern: str, ignore_case: bool) -> None:
         try:
-            self.line = re2.compile(pattern, _options(ignore_case))
-            self.finder = None
+            self.line: Regex = _compile(pattern, ignore_case)
+            self.finder: Regex | None = None
             if not _LINE_ONLY.search(pattern):
-                self.finder = re2.compile("(?m)" + pattern, _options(ignore_case, one_line=True))
+                self.finder = _compile("(?m)" + pattern, ignore_case, one_line=True)
         except re2.error as exc:
             reason = _re2_reason(exc)
             hint = ""
