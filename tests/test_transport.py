@@ -1,4 +1,5 @@
-"""The stdio JSON-RPC layer, with raw lines against the real server process."""
+"""The stdio JSON-RPC layer, with raw lines against the real server (its process where exit
+and signals are the subject)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ async def test_malformed_input_gets_errors_and_the_server_keeps_serving(home):
         await server.notify("_vendor/whatever", {"x": 1})
         await server.send({"jsonrpc": "2.0", "id": 424242, "result": {}})
         assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
-    assert server.process.returncode == 0
+    assert server.returncode == 0
 
 
 async def test_oversized_line_is_rejected_without_killing_the_server(home, tmp_path):
@@ -120,11 +121,11 @@ async def test_cancel_request_on_a_prompt_ends_the_turn_as_cancelled(home, works
 
 
 async def test_stdin_eof_and_sigterm_exit_cleanly(home):
-    async with raw_server(["--memory"], server_env(home)) as server:
+    async with raw_server(["--memory"], server_env(home), spawn=True) as server:
         await server.request("initialize", INIT)
         await server.close_stdin()
         assert await server.wait() == 0
-    async with raw_server(["--memory"], server_env(home)) as server:
+    async with raw_server(["--memory"], server_env(home), spawn=True) as server:
         await server.request("initialize", INIT)
         server.process.send_signal(signal.SIGTERM)
         assert await server.wait() == 0
@@ -223,7 +224,7 @@ def test_garbage_never_crashes_the_server_or_breaks_stdout(lines, tmp_path_facto
                 await server.send_raw(line + b"\n")
             reply = await server.request("initialize", INIT)
             assert reply["result"]["protocolVersion"] == 1
-        assert server.process.returncode == 0
+        assert server.returncode == 0
         assert "Traceback" not in server.stderr or "request failed" in server.stderr
 
     anyio.run(run)
