@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+from typing import Any
 
 import anyio
 import pytest
@@ -144,13 +145,22 @@ async def test_bad_settings_stop_with_one_line(home, tmp_path):
         (["--database-url", "postgresql://nobody@127.0.0.1:1/x"], {}),
         (["--provider", f"script:{tmp_path / 'missing-script.yaml'}"], {}),
     ]
-    for args, extra in cases:
+    done: list[tuple[list[str], Any]] = []
+
+    async def one(args: list[str], extra: dict[str, str]) -> None:
         process = await anyio.run_process(
             [*SERVER, *args],
             input=b'{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n',
             env=server_env(home, extra),
             check=False,
         )
+        done.append((args, process))
+
+    async with anyio.create_task_group() as tg:  # side by side: each is its own process
+        for args, extra in cases:
+            tg.start_soon(one, args, extra)
+    assert len(done) == len(cases)
+    for args, process in done:
         lines = process.stderr.decode().strip().splitlines()
         assert process.returncode == 2, (args, process.stderr)
         assert lines and lines[-1].startswith("acp-server: "), process.stderr
