@@ -21,13 +21,16 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 from anyio.streams.text import TextReceiveStream
 
 from tests.wire import WireChecker
+
+if TYPE_CHECKING:
+    from acp_server.config.settings import Settings
 
 BIN = Path(sys.executable).parent / "acp-server"
 SERVER = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "acp_server"]
@@ -52,7 +55,7 @@ def server_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, 
     return env
 
 
-def settings_for(args: list[str], env: Mapping[str, str]) -> Any:
+def settings_for(args: list[str], env: Mapping[str, str]) -> Settings:
     """The ``Settings`` that ``acp-server ARGS`` builds under ENV, without touching
     os.environ: the CLI's parser and flags, the loader given ENV, and the database
     default the process would resolve from ENV."""
@@ -88,17 +91,6 @@ async def _pipe_streams(
     return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
-class _LogSink(io.TextIOBase):
-    """Collects the log lines of one in-process server (its ``stderr``)."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
-
-
 class InProcess:
     """``serve()`` running as a task of the test's event loop, on a pair of pipes.
 
@@ -111,11 +103,12 @@ class InProcess:
         self.writer = writer
         self.returncode: int | None = None
         self.done = anyio.Event()
-        self.logs = _LogSink()
+        self.logs = io.StringIO()
 
     @property
     def stderr(self) -> str:
-        return self.logs.text
+        """What the server logged."""
+        return self.logs.getvalue()
 
     async def close_stdin(self) -> None:
         """Close our end of the server's stdin once what was written has gone out."""
@@ -138,12 +131,7 @@ async def serve_in_process(args: list[str], env: Mapping[str, str]) -> AsyncIter
     settings = settings_for(args, env)
     to_server, from_client = os.pipe()
     to_client, from_server = os.pipe()
-    try:
-        reader, writer = await _pipe_streams(to_client, from_client)
-    except BaseException:
-        for fd in (to_server, from_server):
-            os.close(fd)
-        raise
+    reader, writer = await _pipe_streams(to_client, from_client)
     served = InProcess(reader, writer)
 
     async def run() -> None:
