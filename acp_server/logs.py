@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -23,6 +24,27 @@ _LEVELS = {
 _SECRET_KEYS = ("api_key", "apikey", "authorization", "password", "secret", "token")
 _wanted = {"level": "info", "format": "console"}
 _configured = False
+_stream: ContextVar[TextIO | None] = ContextVar("acp_server_log_stream", default=None)
+
+
+class _Stderr:
+    """sys.stderr, or the stream ``to_stream`` chose for this context, looked up at
+    each write: loggers are cached on first use."""
+
+    def write(self, text: str) -> int:
+        return (_stream.get() or sys.stderr).write(text)
+
+    def flush(self) -> None:
+        (_stream.get() or sys.stderr).flush()
+
+
+_stderr = cast(TextIO, _Stderr())  # all of TextIO that logging and structlog use
+
+
+def to_stream(stream: TextIO) -> None:
+    """Send this context's log lines (its tasks' and worker threads' too) to ``stream``:
+    a test running the server inside its own event loop reads that server's log there."""
+    _stream.set(stream)
 
 
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -37,7 +59,7 @@ def configure(level: str = "info", fmt: str = "console") -> None:
     global _configured
     _wanted.update(level=level, format=fmt)
     _configured = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -68,10 +90,10 @@ def _structlog(name: str) -> FilteringBoundLogger:
                 else structlog.processors.StackInfoRenderer(),
                 renderer,
             ],
-            wrapper_class=structlog.make_filtering_bound_logger(
-                _LEVELS.get(_wanted["level"], logging.INFO)
-            ),
-            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+            # _Logger checks the level on each call, so a logger cached before
+            # configure() changed it still obeys.
+            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+            logger_factory=structlog.PrintLoggerFactory(file=_stderr),
             cache_logger_on_first_use=True,
         )
         _configured = True

@@ -67,6 +67,9 @@ class Reply:
     """Stream text chunks until the client hangs up."""
     hang: bool = False
     """Read the request and never answer."""
+    together: int = 0
+    """Hold the answer until this many requests have been open at once (10 s at most):
+    only a client that sends them in parallel gets its answers without that wait."""
     signature: str = "sig-fake"
     """The Anthropic signature sent after thinking."""
     reasoning_field: str = "reasoning_content"
@@ -96,6 +99,10 @@ class FakeLLM:
         self._replies: deque[Reply] = deque()
         self._requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._open = 0
+        self._most_open = 0
+        self._streamed = 0
         self.stopping = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
@@ -129,6 +136,20 @@ class FakeLLM:
         with self._lock:
             self._replies.extend(replies)
 
+    @property
+    def most_open(self) -> int:
+        """The most requests that were being answered at the same moment."""
+        with self._lock:
+            return self._most_open
+
+    @property
+    def streamed(self) -> int:
+        """Stream events written so far, every reply together: a clock that runs at the
+        fake's own pace (an event per ``chunk_delay``), for a test that must tell
+        "at once" from "after a while" without reading the wall clock."""
+        with self._lock:
+            return self._streamed
+
     def pending(self) -> int:
         """Replies queued and not yet served."""
         with self._lock:
@@ -138,6 +159,8 @@ class FakeLLM:
         with self._lock:
             self._replies.clear()
             self._requests.clear()
+            self._most_open = self._open
+            self._streamed = 0
 
     def start(self) -> FakeLLM:
         self._thread.start()
@@ -145,6 +168,8 @@ class FakeLLM:
 
     def stop(self) -> None:
         self.stopping.set()
+        with self._changed:
+            self._changed.notify_all()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -159,6 +184,21 @@ class FakeLLM:
         with self._lock:
             self._requests.append(request)
             return self._replies.popleft() if self._replies else self.default_reply
+
+    def _opened(self, change: int) -> None:
+        with self._changed:
+            self._open += change
+            self._most_open = max(self._most_open, self._open)
+            self._changed.notify_all()
+
+    def _gather(self, count: int) -> None:
+        with self._changed:
+            # Not _open: the first one released may finish before the others look.
+            self._changed.wait_for(lambda: self._most_open >= count or self.stopping.is_set(), 10)
+
+    def _count_streamed(self, events: int) -> None:
+        with self._lock:
+            self._streamed += events
 
 
 class _Server(ThreadingHTTPServer):
@@ -199,11 +239,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no route for {path}"}}, {})
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
-        reply = self.server.fake._take(ReceivedRequest(body, path=path, headers=headers))
+        fake = self.server.fake
+        reply = fake._take(ReceivedRequest(body, path=path, headers=headers))
+        fake._opened(+1)
         try:
+            if reply.together:
+                fake._gather(reply.together)
             self._answer(api, reply, str(body.get("model", "fake-model")))
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+        finally:
+            fake._opened(-1)
 
     def _answer(self, api: str, reply: Reply, model: str) -> None:
         stopping = self.server.fake.stopping
@@ -228,12 +274,14 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 self._write_chunk(event)
+                self.server.fake._count_streamed(1)
         else:
             for batch in _batched(events, _BATCH):
                 if stopping.is_set():
                     self.close_connection = True
                     return
                 self._write_chunk(b"".join(batch))
+                self.server.fake._count_streamed(len(batch))
         self.wfile.write(b"0\r\n\r\n")
 
     def _write_chunk(self, data: bytes) -> None:

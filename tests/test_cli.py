@@ -229,7 +229,7 @@ def test_sessions_made_by_the_server_are_listed_shown_and_exported(
 ) -> None:
     async def converse() -> str:
         env = server_env(home, {"ACP_SERVER_LOG_LEVEL": "warning"})
-        async with raw_server([], env) as server:
+        async with raw_server([], env, spawn=True) as server:  # the default database
             await server.request("initialize", INIT)
             new = await server.request("session/new", {"cwd": str(workspace), "mcpServers": []})
             sid = new["result"]["sessionId"]

@@ -1,8 +1,9 @@
 """Hostile and unlucky input on the wire: nothing may end the process, freeze it, lose an
 answer or reach a session this connection never opened.
 
-These drive the real process with raw lines; every line it writes is validated against
-the ACP schema by the harness (response ids included).
+These drive the real server with raw lines (the process itself where memory, SIGKILL or
+a second process is the subject); every line it writes is validated against the ACP
+schema by the harness (response ids included).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def test_ids_of_any_json_type_never_end_the_process(home):
             )
             assert reply["error"]["message"].startswith('Invalid request: "id"')
         assert "result" in await server.request("session/list", {})
-    assert server.process.returncode == 0
+    assert server.returncode == 0
     assert "Traceback" not in server.stderr
 
 
@@ -149,7 +150,7 @@ async def test_a_prompt_sent_as_a_notification_runs_nothing(home, workspace, tmp
 @pytest.mark.timeout(600)  # 5,000 answers, each validated against the schema here
 async def test_a_flood_is_queued_and_every_request_answered_once(home, workspace):
     count = 5_000
-    async with raw_server(["--memory"], server_env(home)) as server:
+    async with raw_server(["--memory"], server_env(home), spawn=True) as server:
         await open_session(server, workspace)
         flood = b"".join(
             line({"jsonrpc": "2.0", "id": f"f{n}", "method": "session/list", "params": {}})
@@ -367,7 +368,7 @@ def test_fuzz_every_method_field_and_id_type(batch, tmp_path_factory):
             assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
             internal = [m for m in server.messages if m.get("error", {}).get("code") == -32603]
             assert not internal, internal
-        assert server.process.returncode == 0
+        assert server.returncode == 0
         assert "Traceback" not in server.stderr, server.stderr[-3000:]
 
     anyio.run(run)
@@ -395,7 +396,10 @@ async def test_a_second_process_on_the_session_is_seen_before_the_next_model_cal
         def prompt(sid: str, text: str) -> dict[str, Any]:
             return {"sessionId": sid, "prompt": [{"type": "text", "text": text}]}
 
-        async with raw_server(args, env) as first, raw_server(args, env) as second:
+        async with (
+            raw_server(args, env, spawn=True) as first,
+            raw_server(args, env, spawn=True) as second,
+        ):
             sid = await open_session(first, workspace)
             assert "result" in await first.request("session/prompt", prompt(sid, "from one"))
             await second.request("initialize", INIT)
@@ -437,7 +441,7 @@ async def test_a_crash_loop_loses_nothing_committed_and_doubles_nothing(home, wo
     sid: str | None = None
     committed: list[tuple[int, str, str]] = []
     for _ in range(10):
-        async with raw_server(args, server_env(home)) as server:
+        async with raw_server(args, server_env(home), spawn=True) as server:
             if sid is None:
                 sid = await open_session(server, workspace)
             else:
@@ -503,7 +507,10 @@ async def test_a_session_deleted_by_another_process_in_mid_turn_is_32002(home, w
         await deleted.wait()
         return {"outcome": {"outcome": "selected", "optionId": "allow_once"}}
 
-    async with raw_server(args, server_env(home), responder=allow_once_deleted) as first:
+    # Two processes on one database: each spawned.
+    async with raw_server(
+        args, server_env(home), responder=allow_once_deleted, spawn=True
+    ) as first:
         sid = await open_session(first, workspace)
         await first.send(
             {
@@ -515,7 +522,7 @@ async def test_a_session_deleted_by_another_process_in_mid_turn_is_32002(home, w
         )
         with anyio.fail_after(30):
             await asked.wait()
-        async with raw_server(args, server_env(home)) as second:
+        async with raw_server(args, server_env(home), spawn=True) as second:
             await second.request("initialize", INIT)
             await second.request("session/list", {})
             assert "result" in await second.request("session/delete", {"sessionId": sid})

@@ -1,4 +1,5 @@
-"""Sessions end to end: the real server process, the official ACP client, real databases."""
+"""Sessions end to end: the real server (a process where that is the subject), the official
+ACP client, real databases."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ async def test_a_conversation_survives_sigkill_and_loads_exactly(
 ):
     env = server_env(home)
     client = RecordingClient()
-    async with acp_client(db_args(persistent_db_url), env, client) as (conn, process, _):
+    args = db_args(persistent_db_url)
+    async with acp_client(args, env, client, spawn=True) as (conn, process, _):
         await start(conn)
         session = await conn.new_session(cwd=str(workspace), mcp_servers=[])
         sid = session.session_id
@@ -236,7 +238,7 @@ async def test_two_processes_on_one_database_lose_nothing(shared_db_url, home, w
     created: list[str] = []
 
     async def worker() -> None:
-        async with raw_server(db_args(shared_db_url), server_env(home)) as server:
+        async with raw_server(db_args(shared_db_url), server_env(home), spawn=True) as server:
             await server.request("initialize", INIT)
             for _ in range(15):
                 reply = await server.request(
@@ -318,4 +320,4 @@ async def test_a_database_that_goes_away_gets_a_clear_error_and_the_server_keeps
                 assert "not answering" in reply["error"]["message"], reply
                 assert "check that the database is running" in reply["error"]["message"]
             assert (await server.request("initialize", INIT))["result"]["protocolVersion"] == 1
-        assert server.process.returncode == 0
+        assert server.returncode == 0

@@ -32,7 +32,7 @@ async def test_a_turn_in_flight_is_stored_as_interrupted(home, workspace, tmp_pa
         await anyio.sleep_forever()
 
     args = ["--database-url", f"sqlite:///{db}", "--provider", f"script:{script}"]
-    async with raw_server(args, server_env(home), responder=hold) as server:
+    async with raw_server(args, server_env(home), responder=hold, spawn=True) as server:
         await server.request("initialize", INIT)
         sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
             "result"

@@ -400,12 +400,12 @@ async def test_ten_thousand_items_load_quickly(store: SessionStore) -> None:
     ]
     async with store.engine.begin() as conn:
         await conn.execute(insert(tables.items), rows)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other processes on the machine cannot add to it
     loaded = await store.load_items("s")
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert len(loaded) == 10_000 and loaded[-1].seq == 10_000
     assert isinstance(loaded[0], Item) and loaded[0].kind is ItemKind.AGENT
-    assert elapsed < 2.0, f"loading 10,000 items took {elapsed:.2f} s"
+    assert elapsed < 2.0, f"loading 10,000 items took {elapsed:.2f} s of CPU"
 
 
 # turns

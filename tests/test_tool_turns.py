@@ -155,9 +155,7 @@ async def test_tools_run_locally_without_editor_capabilities_and_stay_in_the_roo
             ]
         ],
     )
-    async with raw_server(
-        ["--memory", "--provider", provider], server_env(home), cwd=str(tmp_path)
-    ) as server:
+    async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
         await server.request("initialize", INIT)
         sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
             "result"
@@ -410,7 +408,8 @@ async def test_a_running_command_and_all_it_started_die_with_a_killed_server(
         tmp_path,
         [[f"tool_call: {{name: run_command, arguments: {{command: {json.dumps(command)}}}}}"]],
     )
-    async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
+    args = ["--memory", "--provider", provider]
+    async with raw_server(args, server_env(home), spawn=True) as server:
         await server.request("initialize", INIT)
         sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
             "result"
@@ -444,7 +443,8 @@ async def test_mcp_servers_and_all_they_started_die_with_the_session_and_the_ser
         assert len(pids) == 2 and all(_alive(pid) for pid in pids)
         return pids
 
-    async with raw_server(["--memory", "--provider", provider], server_env(home)) as server:
+    args = ["--memory", "--provider", provider]
+    async with raw_server(args, server_env(home), spawn=True) as server:
         await server.request("initialize", INIT)
         new = {"cwd": str(workspace), "mcpServers": [echo]}
         closed = (await server.request("session/new", new))["result"]["sessionId"]

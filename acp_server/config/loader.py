@@ -56,14 +56,18 @@ ConfigError = errors.ConfigError
 """A setting the server cannot use; its text is the one line shown on stderr."""
 
 
-def user_config_file() -> Path:
+def user_config_file(env: Mapping[str, str] | None = None) -> Path:
+    """In the user config dir; an explicit ``env`` (a test's) may name it by
+    XDG_CONFIG_HOME, as os.environ does for platformdirs on Linux."""
+    if env is not None and env.get("XDG_CONFIG_HOME"):
+        return Path(env["XDG_CONFIG_HOME"]) / APP_NAME / "acp-server.yaml"
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "acp-server.yaml"
 
 
-def user_data_dir() -> Path:
-    xdg = os.environ.get("XDG_DATA_HOME")
+def user_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    xdg = (os.environ if env is None else env).get("XDG_DATA_HOME")
     if xdg:
         return Path(xdg) / APP_NAME
     import platformdirs
@@ -71,8 +75,8 @@ def user_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
-def default_database_url() -> str:
-    return f"sqlite:///{user_data_dir() / 'sessions.db'}"
+def default_database_url(env: Mapping[str, str] | None = None) -> str:
+    return f"sqlite:///{user_data_dir(env) / 'sessions.db'}"
 
 
 def substitute(value: Any, env: Mapping[str, str]) -> Any:
@@ -186,7 +190,7 @@ def load_settings(
     ``flags`` maps dotted paths (``provider.model``) to values given on the command line;
     ``None`` values mean the flag was not given.
     """
-    env = os.environ if env is None else env
+    given_env, env = env, os.environ if env is None else env
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     origins: dict[str, str] = {}
 
@@ -199,7 +203,7 @@ def load_settings(
             )
         tree = _read_file(path, env)
     else:
-        path = user_config_file()
+        path = user_config_file(given_env)
         tree = _read_file(path, env) if path.is_file() else {}
 
     # The environment: every variable that is set, the chosen provider's endpoint
