@@ -43,19 +43,16 @@ class _Backend:
         on_failure = task_group.cancel_scope
         config = self.settings.session_service
         url = None if config.type == "memory" else (config.database_url or default_database_url())
-        # A database server is opened shielded: MySQL's DDL is not transactional, so an
-        # exit must not stop a migration halfway. SQLite's is, and its lock dies with
-        # the process, so an editor closing us right away does not wait for the open.
-        embedded = url is None or url.startswith("sqlite")
         try:
-            await anyio.to_thread.run_sync(
-                importlib.import_module, "acp_server.storage.store", abandon_on_cancel=embedded
-            )
+            await anyio.to_thread.run_sync(importlib.import_module, "acp_server.storage.store")
             from acp_server.storage.engine import DatabaseConfigError
             from acp_server.storage.migrate import MigrationError
             from acp_server.storage.store import SessionStore
 
-            with anyio.CancelScope(shield=not embedded):
+            # Shielded so a quick exit never abandons a half-open connection (its
+            # driver thread would outlive the event loop) nor stops a migration halfway
+            # (MySQL's DDL is not transactional); bounded so it cannot hang.
+            with anyio.CancelScope(shield=True):
                 try:
                     with anyio.fail_after(OPEN_TIMEOUT):
                         store = await SessionStore.open(url, memory=url is None)

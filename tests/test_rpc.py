@@ -81,3 +81,39 @@ async def test_a_cancel_while_the_answer_waits_for_room_still_gives_one_answer()
     answers = [json.loads(line) for line in bytes(received).splitlines()]
     assert [a.get("id") for a in answers] == [1, 2]
     assert all("result" in answer for answer in answers), [str(a)[:200] for a in answers]
+
+
+async def test_at_shutdown_every_request_is_still_answered_once():
+    """Stdin closes with requests running and more queued behind them: once the drain
+    time is up, each one is answered -32800 (they used to get no answer at all)."""
+    read_in, write_in = os.pipe()
+    read_out, write_out = os.pipe()
+    channel = StdioChannel(read_in, write_out)
+
+    async def stuck(ctx: RequestContext, params: dict[str, Any]) -> Any:
+        await anyio.sleep_forever()
+
+    connection = Connection(channel, {"stuck": stuck}, max_inflight=2)
+    requests = b"".join(
+        json.dumps({"jsonrpc": "2.0", "id": n, "method": "stuck", "params": {}}).encode() + b"\n"
+        for n in range(6)
+    )
+    try:
+        os.write(write_in, requests)
+        os.close(write_in)
+        write_in = -1
+        with anyio.fail_after(30):
+            await connection.serve(drain_seconds=0)
+        channel.close()
+        os.close(write_out)
+        write_out = -1
+        received = b""
+        while chunk := os.read(read_out, 1 << 16):
+            received += chunk
+    finally:
+        for fd in (read_in, write_in, read_out, write_out):
+            if fd >= 0:
+                os.close(fd)
+    answers = [json.loads(line) for line in received.splitlines()]
+    assert sorted(a["id"] for a in answers) == list(range(6))
+    assert {a["error"]["code"] for a in answers} == {-32800}

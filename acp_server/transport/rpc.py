@@ -292,6 +292,18 @@ class Connection:
             if self._requests:
                 with anyio.move_on_after(drain_seconds):
                     await self._drained.wait()
+            # What the drain time did not reach is still answered, never dropped: the
+            # queued requests here, the running ones as their tasks are cancelled.
+            while self._queue:
+                request = self._queue.popleft()
+                del self._requests[request.id]
+                await self._channel.write(
+                    _error(
+                        request.id,
+                        errors.REQUEST_CANCELLED,
+                        "Request cancelled: the server is shutting down",
+                    )
+                )
             tg.cancel_scope.cancel()
 
     @property
@@ -447,6 +459,17 @@ class Connection:
         try:
             with request.scope:
                 response = await self._dispatch(request.message, request.id, request)
+        except anyio.get_cancelled_exc_class():
+            # The server is stopping: this request is still answered, not dropped.
+            with anyio.CancelScope(shield=True):
+                await self._channel.write(
+                    _error(
+                        request.id,
+                        errors.REQUEST_CANCELLED,
+                        "Request cancelled: the server is shutting down",
+                    )
+                )
+            raise
         finally:
             del self._requests[request.id]
             self._running -= 1
