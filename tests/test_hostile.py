@@ -531,3 +531,11 @@ async def test_a_session_deleted_by_another_process_in_mid_turn_is_32002(home, w
         assert reply["error"]["code"] == -32002, reply
         assert "may have been deleted" in reply["error"]["message"]
         assert "result" in await first.request("session/list", {})
+
+
+async def test_a_request_with_a_null_id_is_answered_with_a_null_id(home, workspace):
+    async with raw_server(["--memory"], server_env(home)) as server:
+        await open_session(server, workspace)
+        await server.send_raw(line({"jsonrpc": "2.0", "id": None, "method": "session/list"}))
+        reply = await server.wait_for(lambda m: m.get("id", 0) is None and "result" in m)
+        assert len(reply["result"]["sessions"]) == 1

@@ -75,8 +75,11 @@ class WireChecker:
         self.checked = 0
 
     def sent(self, message: dict[str, Any]) -> None:
-        request_id = message.get("id")
-        if "method" in message and isinstance(request_id, int | str) and request_id is not True:
+        if "method" not in message or "id" not in message:
+            return
+        request_id = message["id"]
+        # A null id is a request too (JSON-RPC discourages it; ACP allows it).
+        if request_id is None or (isinstance(request_id, int | str) and request_id is not True):
             self.requests[request_id] = message["method"]
 
     def received(self, message: dict[str, Any]) -> None:
