@@ -16,7 +16,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    Column,
     Double,
     ForeignKey,
     Index,
@@ -26,7 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -36,7 +35,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-MYSQL_TABLE_OPTIONS: dict[str, Any] = {
+MYSQL_TABLE_OPTIONS = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
@@ -50,116 +49,134 @@ def cwd_hash(cwd: str) -> str:
     return hashlib.sha256(cwd.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _column(
-    name: str,
-    type_: TypeEngine[Any] | type[TypeEngine[Any]],
-    *args: Any,
-    null: bool = False,
-    **kw: Any,
-) -> Column[Any]:
-    """A column that is NOT NULL unless it says ``null=True``."""
-    return Column(name, type_, *args, nullable=null, **kw)
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-metadata = MetaData(naming_convention=NAMING_CONVENTION)
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index(None, "type", "updated_at", "id"),
+        Index(None, "cwd_hash", "type", "updated_at", "id"),
+        Index(None, "parent_id"),
+        MYSQL_TABLE_OPTIONS,
+    )
 
-sessions = Table(
-    "sessions",
-    metadata,
-    _column("id", ID, primary_key=True),
-    _column("type", String(16)),
-    _column("parent_id", ID, ForeignKey("sessions.id", ondelete="SET NULL"), null=True),
-    _column("cwd", Text),
-    _column("cwd_hash", String(64)),
-    _column("additional_directories", JSON),
-    _column("title", Text, null=True),
-    _column("title_set_by_user", Boolean),
-    _column("provider", String(64), null=True),
-    _column("model", String(255), null=True),
-    _column("mode", String(64), null=True),
-    _column("config", JSON),
-    _column("mcp_servers", JSON),
-    _column("permission_rules", JSON),
-    _column("context_tokens", BigInteger),
-    _column("input_tokens", BigInteger),
-    _column("output_tokens", BigInteger),
-    _column("cached_tokens", BigInteger),
-    _column("cost", Double),
-    _column("message_count", Integer),
-    _column("created_at", BigInteger),
-    _column("updated_at", BigInteger),
-    _column("last_activity_at", BigInteger),
-    Index(None, "type", "updated_at", "id"),
-    Index(None, "cwd_hash", "type", "updated_at", "id"),
-    Index(None, "parent_id"),
-    **MYSQL_TABLE_OPTIONS,
-)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("sessions.id", ondelete="SET NULL")
+    )
+    cwd: Mapped[str] = mapped_column(Text)
+    cwd_hash: Mapped[str] = mapped_column(String(64))
+    additional_directories: Mapped[list[str]] = mapped_column(JSON)
+    title: Mapped[str | None] = mapped_column(Text)
+    title_set_by_user: Mapped[bool] = mapped_column(Boolean)
+    provider: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(255))
+    mode: Mapped[str | None] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    mcp_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    permission_rules: Mapped[dict[str, str]] = mapped_column(JSON)
+    context_tokens: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[float] = mapped_column(Double)
+    message_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    last_activity_at: Mapped[int] = mapped_column(BigInteger)
 
-turns = Table(
-    "chat_tasks",
-    metadata,
-    _column("id", ID, primary_key=True),
-    _column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE")),
-    _column("status", String(16)),
-    _column("stop_reason", String(32), null=True),
-    _column("provider", String(64), null=True),
-    _column("model", String(255), null=True),
-    _column("input_tokens", BigInteger),
-    _column("output_tokens", BigInteger),
-    _column("cached_read_tokens", BigInteger),
-    _column("cached_write_tokens", BigInteger),
-    _column("thought_tokens", BigInteger),
-    _column("cost", Double),
-    _column("usage_estimated", Boolean),
-    _column("model_calls", Integer),
-    _column("error", Text, null=True),
-    _column("started_at", BigInteger),
-    _column("finished_at", BigInteger, null=True),
-    Index(None, "session_id", "started_at"),
-    Index(None, "started_at"),
-    **MYSQL_TABLE_OPTIONS,
-)
-"""One prompt turn (``chat_tasks``); retention deletes these and their items."""
 
-items = Table(
-    "session_items",
-    metadata,
-    _column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
-    _column("seq", Integer, primary_key=True, autoincrement=False),
-    _column("turn_id", ID, ForeignKey("chat_tasks.id", ondelete="CASCADE"), null=True),
-    _column("kind", String(16)),
-    _column("message_id", ID),
-    _column("data", JSON),
-    _column("user_visible", Boolean),
-    _column("agent_visible", Boolean),
-    _column("created_at", BigInteger),
-    Index(None, "turn_id"),
-    **MYSQL_TABLE_OPTIONS,
-)
-"""The append-only conversation, ordered by ``seq`` within a session."""
+class TurnRow(Base):
+    """One prompt turn (``chat_tasks``); retention deletes these and their items."""
 
-extension_state = Table(
-    "session_extension_state",
-    metadata,
-    _column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
-    _column("key", String(128), primary_key=True),
-    _column("value", JSON),
-    _column("updated_at", BigInteger),
-    **MYSQL_TABLE_OPTIONS,
-)
-"""Per-session state of extensions under namespaced, versioned keys (``todo.v1``)."""
+    __tablename__ = "chat_tasks"
+    __table_args__ = (
+        Index(None, "session_id", "started_at"),
+        Index(None, "started_at"),
+        MYSQL_TABLE_OPTIONS,
+    )
 
-feedback = Table(
-    "feedback",
-    metadata,
-    _column("id", ID, primary_key=True),
-    _column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE")),
-    _column("turn_id", ID, ForeignKey("chat_tasks.id", ondelete="CASCADE")),
-    _column("rating", Integer),
-    _column("comment", Text, null=True),
-    _column("created_at", BigInteger),
-    Index(None, "session_id"),
-    Index(None, "turn_id"),
-    Index(None, "created_at"),
-    **MYSQL_TABLE_OPTIONS,
-)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ID, ForeignKey("sessions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(255))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    thought_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[float] = mapped_column(Double)
+    usage_estimated: Mapped[bool] = mapped_column(Boolean)
+    model_calls: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[int] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ItemRow(Base):
+    """The append-only conversation, ordered by ``seq`` within a session."""
+
+    __tablename__ = "session_items"
+    __table_args__ = (Index(None, "turn_id"), MYSQL_TABLE_OPTIONS)
+
+    session_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    turn_id: Mapped[str | None] = mapped_column(ID, ForeignKey("chat_tasks.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(ID)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    user_visible: Mapped[bool] = mapped_column(Boolean)
+    agent_visible: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ExtensionStateRow(Base):
+    """Per-session state of extensions under namespaced, versioned keys (``todo.v1``)."""
+
+    __tablename__ = "session_extension_state"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    session_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (
+        Index(None, "session_id"),
+        Index(None, "turn_id"),
+        Index(None, "created_at"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ID, ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn_id: Mapped[str] = mapped_column(ID, ForeignKey("chat_tasks.id", ondelete="CASCADE"))
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+def _table(row: type[Base]) -> Table:
+    table = row.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+metadata = Base.metadata
+sessions = _table(SessionRow)
+turns = _table(TurnRow)
+items = _table(ItemRow)
+extension_state = _table(ExtensionStateRow)
+feedback = _table(FeedbackRow)
