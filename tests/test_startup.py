@@ -71,13 +71,19 @@ class _Output:
                     return message
 
 
-async def _send(process: anyio.abc.Process, out: _Output, message: dict[str, Any]) -> None:
-    assert process.stdin is not None
+async def _request(
+    process: anyio.abc.Process, out: _Output, request_id: int, method: str, params: Any
+) -> dict[str, Any]:
+    message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
     out.checker.sent(message)
+    assert process.stdin is not None
     await process.stdin.send(json.dumps(message).encode() + b"\n")
+    answer = await out.until_answer(request_id)
+    assert "result" in answer, answer
+    return answer["result"]
 
 
-async def test_nothing_but_transport_settings_and_the_answer_loads_before_initialize(
+async def test_initialize_is_answered_before_the_store_and_sessions_load(
     home: Path, workspace: Path
 ) -> None:
     env = server_env(home, {"PYTHONPROFILEIMPORTTIME": "1"})
@@ -85,25 +91,13 @@ async def test_nothing_but_transport_settings_and_the_answer_loads_before_initia
     try:
         with anyio.fail_after(60):
             out = _Output(process)
-            await _send(
-                process, out, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
-            )
-            answer = await out.until_answer(1)
-            assert answer["result"]["protocolVersion"] == 1
-            before = list(out.imported)
-
-            await _send(
-                process,
-                out,
-                {
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "session/new",
-                    "params": {"cwd": str(workspace), "mcpServers": []},
-                },
-            )
-            created = await out.until_answer(2)
-            assert "sessionId" in created["result"], created
+            await _request(process, out, 1, "initialize", INIT)
+            at_initialize = list(out.imported)
+            new = {"cwd": str(workspace), "mcpServers": []}
+            session_id = (await _request(process, out, 2, "session/new", new))["sessionId"]
+            at_session_new = list(out.imported)
+            prompt = {"sessionId": session_id, "prompt": [{"type": "text", "text": "hi"}]}
+            await _request(process, out, 3, "session/prompt", prompt)
     finally:
         if process.stdin is not None:
             await process.stdin.aclose()
@@ -114,7 +108,11 @@ async def test_nothing_but_transport_settings_and_the_answer_loads_before_initia
             await process.wait()
 
     # The import lines were read: the transport is there, before the answer.
-    assert "acp_server.transport.rpc" in before
-    assert [name for name in before if _later(name)] == []
-    # and what was held back did load, for the session.
-    assert {"sqlalchemy", "acp_server.sessions.live"} <= set(out.imported)
+    assert "acp_server.transport.rpc" in at_initialize
+    assert [name for name in at_initialize if _later(name)] == []
+    # What was held back loads for the first session; the built-in tools with its
+    # first turn.
+    assert {"sqlalchemy", "acp_server.sessions.live"} <= set(at_session_new)
+    tools = {"acp_server.agent.tools.files", "acp_server.agent.tools.search"}
+    assert not tools & set(at_session_new)
+    assert tools <= set(out.imported)
