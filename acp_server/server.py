@@ -1,9 +1,11 @@
 """``acp-server serve``: wire the transport, the ACP agent, sessions and tools together.
 
-The database opens in the background while ``initialize`` is answered: SQLAlchemy's
-import alone costs more than our whole start-up budget, so it is imported in a worker
-thread and session methods wait for the store. A store that cannot open stops the
-server with one line on stderr and exit code 2.
+Until ``initialize`` is answered the process holds only the transport, the settings and
+what that answer is built from. The database opens in the background once the answer
+is out: SQLAlchemy's import alone costs more than our whole start-up budget, so it is
+imported in a worker thread (where it cannot delay the answer) and session methods wait
+for the store. A store that cannot open stops the server with one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
 from acp_server import errors
-from acp_server.agent.providers.base import Provider
 from acp_server.config.loader import default_database_url
 from acp_server.config.settings import Settings
 from acp_server.logs import get_logger
 from acp_server.preflight import provider_problem
 from acp_server.protocol.methods import AcpMethods
-from acp_server.sessions.service import SessionService
-from acp_server.transport.rpc import Connection
+from acp_server.transport.rpc import Connection, Handler, RequestContext
 from acp_server.transport.stdio import StdioChannel
+
+if TYPE_CHECKING:
+    from acp_server.agent.providers.base import Provider
+    from acp_server.sessions.service import SessionService
 
 log = get_logger("acp_server.server")
 OPEN_TIMEOUT = 30.0
@@ -38,6 +44,12 @@ class _Backend:
         self.ready = anyio.Event()
         self.service: SessionService | None = None
         self.failure: str | None = None
+        self._opening = False
+
+    def open_soon(self, task_group: anyio.abc.TaskGroup) -> None:
+        if not self._opening:
+            self._opening = True
+            task_group.start_soon(self.open, task_group)
 
     async def open(self, task_group: anyio.abc.TaskGroup) -> None:
         on_failure = task_group.cancel_scope
@@ -45,6 +57,7 @@ class _Backend:
         url = None if config.type == "memory" else (config.database_url or default_database_url())
         try:
             await anyio.to_thread.run_sync(importlib.import_module, "acp_server.storage.store")
+            from acp_server.sessions.service import SessionService
             from acp_server.storage.engine import DatabaseConfigError
             from acp_server.storage.migrate import MigrationError
             from acp_server.storage.store import SessionStore
@@ -107,6 +120,16 @@ class _Providers:
                 await self.provider.aclose()
 
 
+def _then(handler: Handler, callback: Callable[[], Awaitable[None]]) -> Handler:
+    """``handler``, with ``callback`` run once its answer (whatever it is) is written."""
+
+    async def handle(ctx: RequestContext, params: dict[str, Any]) -> Any:
+        ctx.then(callback)
+        return await handler(ctx, params)
+
+    return handle
+
+
 async def _watch_signals(connection: Connection, scope: anyio.CancelScope) -> None:
     """The first SIGTERM or SIGINT ends the server as stdin EOF does (running turns
     stored as interrupted, answers flushed); a second one stops it at once."""
@@ -135,13 +158,16 @@ async def serve(
     methods: AcpMethods | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(backend.open, tg)
             methods = AcpMethods(
                 settings, service=backend.get, provider=providers.get, task_group=tg
             )
-            connection = Connection(
-                channel, methods.handlers(), notifications=methods.notifications
-            )
+
+            async def open_store() -> None:
+                backend.open_soon(tg)
+
+            handlers = methods.handlers()
+            handlers["initialize"] = _then(handlers["initialize"], open_store)
+            connection = Connection(channel, handlers, notifications=methods.notifications)
             if handle_signals:
                 tg.start_soon(_watch_signals, connection, tg.cancel_scope)
             await connection.serve(on_eof=methods.client_gone)

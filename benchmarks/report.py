@@ -49,6 +49,8 @@ def _deep(first_key: str) -> Check:
 TARGETS: list[tuple[str, tuple[str, ...], str, Check]] = [
     ("cold.init", SERVERS, "≤ 0.4x floor", lambda f, _: _ratio(f, "floor", 0.4)),
     ("cold.new", ("sqlite",), "< 0.6x floor's initialize (1.5x the initialize target)", _cold_new),
+    ("cold.init", SERVERS, "≤ 1.25x stack", lambda f, _: _ratio(f, "stack", 1.25)),
+    ("cold.new", SERVERS, "≤ 1.25x stack", lambda f, _: _ratio(f, "stack", 1.25)),
     ("turn.overhead", SERVERS, "< 5 ms", lambda f, _: f.value < 5),
     (
         "turn.overhead",

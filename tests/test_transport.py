@@ -148,9 +148,13 @@ async def test_bad_settings_stop_with_one_line(home, tmp_path):
     done: list[tuple[list[str], Any]] = []
 
     async def one(args: list[str], extra: dict[str, str]) -> None:
+        # The store opens once initialize is answered; session/list then waits for it.
         process = await anyio.run_process(
             [*SERVER, *args],
-            input=b'{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n',
+            input=(
+                b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":1}}\n'
+                b'{"jsonrpc":"2.0","id":1,"method":"session/list","params":{}}\n'
+            ),
             env=server_env(home, extra),
             check=False,
         )

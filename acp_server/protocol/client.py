@@ -7,15 +7,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from acp_server.agent.tools.base import ExitStatus, ToolError
-from acp_server.agent.turn import Decision
+from acp_server.errors import ToolError
 from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
 from acp_server.transport.rpc import Connection, ConnectionClosed, PeerError
+
+if TYPE_CHECKING:  # the agent loop and the tools load after initialize is answered
+    from acp_server.agent.tools.base import ExitStatus
+    from acp_server.agent.turn import Decision
 
 log = get_logger("acp_server.client")
 
@@ -184,6 +187,8 @@ class EditorBridge:
         return s.CreateTerminalResponse.model_validate(result).terminal_id
 
     async def terminal_output(self, terminal_id: str) -> tuple[str, bool, ExitStatus | None]:
+        from acp_server.agent.tools.base import ExitStatus
+
         result = s.TerminalOutputResponse.model_validate(
             await self._call("terminal/output", {"terminalId": terminal_id})
         )
@@ -192,6 +197,8 @@ class EditorBridge:
         return result.output, result.truncated, exit_status
 
     async def wait_for_terminal_exit(self, terminal_id: str) -> ExitStatus:
+        from acp_server.agent.tools.base import ExitStatus
+
         result = s.TerminalExitStatus.model_validate(
             await self._call("terminal/wait_for_exit", {"terminalId": terminal_id})
         )

@@ -5,32 +5,35 @@ params are parsed once, before the handler runs, into that type (a bad field bec
 -32602 naming it). Handlers translate between ACP types and the session layer: the live
 sessions (``LiveSessions``: opening, tools, busy state, cancellation, closing), the
 session service (storage) and the turn loop. They hold no session state of their own.
+That machinery is imported by the handlers that use it, so that answering ``initialize``
+never waits for it (see ``server.py``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 from pydantic import ValidationError
 
 from acp_server import __version__, errors
-from acp_server.agent.providers.base import Provider, ProviderError
-from acp_server.agent.titles import generate_title
-from acp_server.agent.turn import LiveSession, StopReason, TurnConfig, TurnRunner, new_message_id
 from acp_server.config.settings import Settings
 from acp_server.logs import get_logger
 from acp_server.protocol import schema as s
 from acp_server.protocol.client import EditorBridge, EditorListener, send_update
-from acp_server.protocol.replay import replay_items
-from acp_server.sessions.live import LiveSessions
-from acp_server.sessions.model import SessionRecord
-from acp_server.sessions.service import SessionService
 from acp_server.transport.rpc import Connection, Handler, RequestContext
+
+if TYPE_CHECKING:  # the session machinery loads after initialize is answered
+    from acp_server.agent.providers.base import Provider, ProviderError
+    from acp_server.agent.turn import LiveSession, StopReason
+    from acp_server.sessions.live import LiveSessions
+    from acp_server.sessions.model import SessionRecord
+    from acp_server.sessions.service import SessionService
 
 log = get_logger("acp_server.methods")
 M = TypeVar("M", bound=s.AcpModel)
@@ -103,8 +106,13 @@ class AcpMethods:
         self._tg = task_group
         self.connection: Connection | None = None
         self.client = s.ClientCapabilities()
-        self.sessions = LiveSessions(
-            task_group, self._notice, mcp_start_wait=settings.agent.mcp_start_wait
+
+    @functools.cached_property
+    def sessions(self) -> LiveSessions:
+        from acp_server.sessions.live import LiveSessions
+
+        return LiveSessions(
+            self._tg, self._notice, mcp_start_wait=self.settings.agent.mcp_start_wait
         )
 
     def routes(self) -> list[Route]:
@@ -245,6 +253,8 @@ class AcpMethods:
         return await self._open(record, servers, problems)
 
     async def _notice(self, session_id: str, problem: str) -> None:
+        from acp_server.agent.turn import new_message_id
+
         if self.connection is not None:
             listener = EditorListener(self.connection, session_id)
             await listener.message_chunk(new_message_id(), f"⚠️ {problem}\n\n")
@@ -283,6 +293,8 @@ class AcpMethods:
         return self._setup_response(record, with_id=True)
 
     async def load_session(self, ctx: RequestContext, request: s.LoadSessionRequest) -> Any:
+        from acp_server.protocol.replay import replay_items
+
         service = await self._service()
         record = await service.reopen(
             request.session_id,
@@ -381,6 +393,8 @@ class AcpMethods:
     async def _turn(
         self, ctx: RequestContext, live: LiveSession, request: s.PromptRequest
     ) -> StopReason:
+        from acp_server.agent.turn import TurnConfig, TurnRunner, new_message_id
+
         service = await self._service()
         listener = EditorListener(ctx.connection, live.id)
         blocks = [block.wire() for block in request.prompt]
@@ -429,6 +443,8 @@ class AcpMethods:
         provider: Provider,
         blocks: list[dict[str, Any]],
     ) -> None:
+        from acp_server.agent.titles import generate_title
+
         try:
             with anyio.move_on_after(30):
                 title = await generate_title(
@@ -460,6 +476,8 @@ class AcpMethods:
     async def _command(
         self, ctx: RequestContext, live: LiveSession, name: str, argument: str
     ) -> StopReason:
+        from acp_server.agent.turn import new_message_id
+
         listener = EditorListener(ctx.connection, live.id)
         message_id = new_message_id()
         if name == "title":

@@ -85,8 +85,8 @@ class LiveSessions:
         client: ClientBridge | None,
         problems: list[str] | None = None,
     ) -> LiveSession:
-        """Make a stored session live here: its tools now, its MCP servers as each
-        becomes ready. An earlier live copy of it is closed first."""
+        """Make a stored session live here: its MCP servers as each becomes ready, its
+        built-in tools at its first turn. An earlier live copy of it is closed first."""
         old = self._live.pop(record.id, None)
         if old is not None:
             await self._shut(old)
@@ -98,7 +98,6 @@ class LiveSessions:
                 live.problems.append(problem)
                 await self.tell(live)
 
-        live.tools = {tool.name: tool for tool in _builtin_tools()}
         if mcp_servers:
             # The MCP SDK takes ~0.4 s to import: off the event loop, so others go on.
             await anyio.to_thread.run_sync(importlib.import_module, "acp_server.agent.tools.mcp")
@@ -182,8 +181,9 @@ class LiveSessions:
         self, live: LiveSession, service: SessionService, *, images: bool
     ) -> list[str] | None:
         """Ready the session for a model turn: MCP servers still starting get a bounded
-        wait, and the model's history is loaded once. Returns the problems to show at
-        the turn's start, or None when the prompt was cancelled meanwhile."""
+        wait, and the model's history and the built-in tools are loaded once. Returns
+        the problems to show at the turn's start, or None when the prompt was cancelled
+        meanwhile."""
         live.announced = True
         late: list[str] = []
         if live.extensions is not None:
@@ -198,6 +198,9 @@ class LiveSessions:
             if scope.cancelled_caught:
                 return None
         if live.history is None:
+            # The built-in tools come with the first turn: their modules would cost the
+            # first session/new ~25 ms. An MCP tool of the same name still wins.
+            live.tools = {tool.name: tool for tool in _builtin_tools()} | live.tools
             live.synced_seq = await service.latest_seq(live.id)
             live.history = model_messages(
                 await service.items(live.id, for_model=True), images=images
