@@ -22,7 +22,7 @@ import anyio
 import httpx
 
 from benchmarks import report
-from benchmarks.backends import SERVER_BACKENDS, postgres_problem
+from benchmarks.backends import SERVER_BACKENDS, compile_server, postgres_problem
 from benchmarks.fake import BenchLLM
 from benchmarks.scenarios import FULL, SCENARIOS, SMOKE, Bench, run_all
 from benchmarks.stats import compute_ratios
@@ -106,6 +106,7 @@ async def main(args: argparse.Namespace) -> int:
         elif version := await _postgres_version():
             extra["postgresql"] = version
     selected = [s for s in SCENARIOS if s in args.only]
+    compile_server()
     code = report.code_state()
     started = time.perf_counter()
     llm = BenchLLM()

@@ -199,7 +199,7 @@ class LiveSessions:
                 return None
         if live.history is None:
             # The built-in tools come with the first turn: their modules would cost the
-            # first session/new ~25 ms. An MCP tool of the same name still wins.
+            # first session/new ~15 ms. An MCP tool of the same name still wins.
             live.tools = {tool.name: tool for tool in _builtin_tools()} | live.tools
             live.synced_seq = await service.latest_seq(live.id)
             live.history = model_messages(
