@@ -281,6 +281,17 @@ class RawServer:
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         await self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
+    async def start_prompt(self, session_id: str, text: str, request_id: str) -> None:
+        """Send a prompt without waiting for its answer (``response(request_id)``)."""
+        await self.send(
+            {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "method": "session/prompt",
+                "params": {"sessionId": session_id, "prompt": [{"type": "text", "text": text}]},
+            }
+        )
+
     async def request(
         self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30
     ) -> dict[str, Any]:

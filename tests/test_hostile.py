@@ -204,14 +204,7 @@ async def test_both_cancels_store_the_turn_end_the_same_way(home, workspace, tmp
 
         server.responder = answer_after_cancel
         sid = await open_session(server, workspace)
-        await server.send(
-            {
-                "jsonrpc": "2.0",
-                "id": "turn",
-                "method": "session/prompt",
-                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
-            }
-        )
+        await server.start_prompt(sid, "go", "turn")
         with anyio.fail_after(30):
             await asked.wait()  # the tool call is waiting for permission
         if how == "session/cancel":
@@ -449,14 +442,7 @@ async def test_a_crash_loop_loses_nothing_committed_and_doubles_nothing(home, wo
                 load = {"sessionId": sid, "cwd": str(workspace), "mcpServers": []}
                 assert "result" in await server.request("session/load", load)
             before = len(server.messages)
-            await server.send(
-                {
-                    "jsonrpc": "2.0",
-                    "id": "p",
-                    "method": "session/prompt",
-                    "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
-                }
-            )
+            await server.start_prompt(sid, "go", "p")
             wanted = rng.randrange(0, 14)
             await server.wait_for(
                 lambda m, b=before, w=wanted: (
@@ -512,14 +498,7 @@ async def test_a_session_deleted_by_another_process_in_mid_turn_is_32002(home, w
         args, server_env(home), responder=allow_once_deleted, spawn=True
     ) as first:
         sid = await open_session(first, workspace)
-        await first.send(
-            {
-                "jsonrpc": "2.0",
-                "id": "turn",
-                "method": "session/prompt",
-                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
-            }
-        )
+        await first.start_prompt(sid, "go", "turn")
         with anyio.fail_after(30):
             await asked.wait()
         async with raw_server(args, server_env(home), spawn=True) as second:

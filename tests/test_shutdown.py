@@ -37,14 +37,7 @@ async def test_a_turn_in_flight_is_stored_as_interrupted(home, workspace, tmp_pa
         sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
             "result"
         ]["sessionId"]
-        await server.send(
-            {
-                "jsonrpc": "2.0",
-                "id": "turn",
-                "method": "session/prompt",
-                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
-            }
-        )
+        await server.start_prompt(sid, "go", "turn")
         with anyio.fail_after(30):
             await asked.wait()
         if how == "eof":

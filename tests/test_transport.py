@@ -100,14 +100,7 @@ async def test_cancel_request_on_a_prompt_ends_the_turn_as_cancelled(home, works
         sid = (await server.request("session/new", {"cwd": str(workspace), "mcpServers": []}))[
             "result"
         ]["sessionId"]
-        await server.send(
-            {
-                "jsonrpc": "2.0",
-                "id": "p1",
-                "method": "session/prompt",
-                "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "go"}]},
-            }
-        )
+        await server.start_prompt(sid, "go", "p1")
         await server.wait_for(
             lambda m: (
                 m.get("method") == "session/update"
