@@ -71,7 +71,8 @@ class WireChecker:
     """Feed it what the client sent and what the server wrote, in order."""
 
     def __init__(self) -> None:
-        self.requests: dict[Any, str] = {}
+        self.requests: dict[Any, list[str]] = {}
+        """Every method sent under each id: a client may reuse an id once answered."""
         self.checked = 0
 
     def sent(self, message: dict[str, Any]) -> None:
@@ -80,7 +81,7 @@ class WireChecker:
         request_id = message["id"]
         # A null id is a request too (JSON-RPC discourages it; ACP allows it).
         if request_id is None or (isinstance(request_id, int | str) and request_id is not True):
-            self.requests[request_id] = message["method"]
+            self.requests.setdefault(request_id, []).append(message["method"])
 
     def received(self, message: dict[str, Any]) -> None:
         if message.get("jsonrpc") != "2.0":
@@ -111,13 +112,21 @@ class WireChecker:
             return
         if "result" not in message:
             raise WireError(f"neither result nor error: {message!r}")
-        method = self.requests.get(message["id"])
-        if method is None:
+        methods = self.requests.get(message["id"])
+        if not methods:
             raise WireError(f"a result for an id the client never used: {message!r}")
-        if method.startswith("_"):
-            return
-        found = _definition(method, "agent", "Response")
-        if found is None:
-            raise WireError(f"no schema definition for the result of {method}")
-        schema, name = found
-        validate(name, message["result"], schema)
+        problems: list[str] = []
+        for method in dict.fromkeys(methods):
+            if method.startswith("_"):
+                return
+            found = _definition(method, "agent", "Response")
+            if found is None:
+                problems.append(f"no schema definition for the result of {method}")
+                continue
+            schema, name = found
+            try:
+                validate(name, message["result"], schema)
+                return
+            except WireError as exc:
+                problems.append(str(exc))
+        raise WireError("; ".join(problems))
